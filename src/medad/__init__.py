@@ -1,0 +1,3 @@
+"""medad: anomaly detection in medical images by knowledge distillation."""
+
+__version__ = "0.1.0"

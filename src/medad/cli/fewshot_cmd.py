@@ -1,0 +1,180 @@
+"""``medad fewshot train | evaluate | score``: D²4FAD on unseen tasks from K normal images."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from medad.backbones import DEFAULT_TEACHER
+from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, run_record, write_heatmaps,
+                              write_scores)
+from medad.cli.run_cmd import format_metrics
+from medad.engine.checkpoint import MODEL_FILE
+from medad.engine.fewshot import calibrate_threshold, draw_supports, evaluate_fewshot, train_fewshot
+from medad.engine.images import load_images
+from medad.engine.training import TrainConfig, seed_everything
+from medad.features import FeatureCache, image_key
+from medad.io_utils import atomic_path, write_json
+from medad.models.d24fad import SupportFeatures
+from medad.models.factory import build_model, load_trained_model
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    fewshot = subparsers.add_parser("fewshot", help="D²4FAD few-shot anomaly detection")
+    sub = fewshot.add_subparsers(dest="fewshot_command", required=True)
+
+    train = sub.add_parser("train", help="train one model on the normal images of several tasks")
+    train.add_argument("--tasks", nargs="+", required=True, help="registry names or folders")
+    train.add_argument("--out", required=True)
+    train.add_argument("--teacher", default=DEFAULT_TEACHER)
+    train.add_argument("--weights", default="imagenet")
+    train.add_argument("--image-size", dest="image_size", type=int, default=128)
+    train.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="support sizes drawn per batch")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=0.005)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int, default=256)
+    train.add_argument("--model-option", action="append", metavar="KEY=VALUE")
+    train.add_argument("--data-root", dest="data_root")
+    train.add_argument("--no-cache", action="store_true")
+    train.add_argument("--resume", action="store_true")
+    train.set_defaults(func=run_train)
+
+    evaluate = sub.add_parser("evaluate", help="K-shot evaluation on an unseen task over random support draws")
+    evaluate.add_argument("--checkpoint", required=True)
+    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
+    evaluate.add_argument("--draws", type=int, default=5)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--out", help="default: the checkpoint's folder")
+    evaluate.add_argument("--data-root", dest="data_root")
+    evaluate.add_argument("--weights", default="imagenet")
+    evaluate.set_defaults(func=run_evaluate)
+
+    score = sub.add_parser("score", help="score query images of a new task against K normal support images")
+    score.add_argument("--checkpoint", required=True)
+    score.add_argument("--support", nargs="+", required=True, help="normal reference images or a folder")
+    score.add_argument("--query", nargs="+", required=True, help="images or folders to score")
+    score.add_argument("--out", required=True, help="scores.csv / scores.json go here")
+    score.add_argument("--heatmaps", help="folder for heat-map overlays")
+    score.add_argument("--threshold", default="auto",
+                       help="'auto' (calibrated on the supports), 'none', or a number")
+    score.add_argument("--support-cache", dest="support_cache", default=str(Path.home() / ".cache/medad/supports"))
+    score.add_argument("--weights", default="imagenet")
+    score.set_defaults(func=run_score)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medad.data.tasks import load_task
+
+    seed_everything(args.seed)
+    model = build_model("d24fad", args.teacher, parse_model_options(args.model_option), args.weights)
+    tasks = [load_task(name, root=args.data_root, seed=args.seed) for name in args.tasks]
+    task_images = {task.name: load_images(task.train, args.image_size, desc=f"loading {task.name}")[0]
+                   for task in tasks}
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         use_cache=not args.no_cache)
+    out_dir = Path(args.out)
+    options = {key: value for key, value in vars(args).items() if key != "func"}
+    write_json(out_dir / "config.json", {**run_record("fewshot train", options), "model": model.meta(),
+                                         "n_train": {name: len(images) for name, images in task_images.items()}})
+    result = train_fewshot(model, task_images, config, ks=tuple(args.k),
+                           max_queries_per_task=args.max_queries_per_task, out_dir=out_dir, resume=args.resume)
+    write_json(out_dir / "train_log.json", {"epochs": result.epochs_done, "loss": result.history,
+                                            "train_seconds": result.train_seconds})
+    print(f"trained d24fad on {', '.join(task_images)}: {result.epochs_done} epochs, {result.train_seconds:.1f} s; "
+          f"checkpoint {out_dir / MODEL_FILE}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medad.data.tasks import load_task
+
+    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method="d24fad")
+    task = load_task(args.task, root=args.data_root, seed=args.seed)
+    if task.name in meta.get("train_tasks", []):
+        raise SystemExit(f"task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
+    size = meta["image_size"]
+    normals, _ = load_images(task.train, size, desc=f"loading {task.name} normals")
+    test_images, masks = load_images(task.test, size, desc=f"loading {task.name} test")
+    labels = [sample.label for sample in task.test]
+    records = []
+    for k in args.k:
+        for draw in range(args.draws):
+            indices = draw_supports(len(normals), k, draw, args.seed)
+            evaluation = evaluate_fewshot(model, normals[indices], test_images, labels, masks)
+            records.append({"k": k, "support_draw": draw,
+                            "support": [str(task.train[i].path) for i in indices], **evaluation.metrics})
+            print(f"K={k} draw {draw}: " + format_metrics(task.name, evaluation.metrics))
+    summary = {}
+    for k in args.k:
+        aurocs = [r["image_auroc"] for r in records if r["k"] == k]
+        summary[str(k)] = {"image_auroc_mean": float(np.mean(aurocs)), "image_auroc_std": float(np.std(aurocs))}
+        print(f"{task.name} K={k}: AUROC {np.mean(aurocs):.4f} ± {np.std(aurocs):.4f} over {len(aurocs)} draws")
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint if Path(args.checkpoint).is_dir()
+                                                   else Path(args.checkpoint).parent)
+    options = {key: value for key, value in vars(args).items() if key != "func"}
+    write_json(out_dir / f"fewshot_metrics_{task.name}.json",
+               {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
+                "records": records, "summary": summary})
+    return 0
+
+
+def _support_cache_file(cache_dir: Path, checkpoint: Path, images: torch.Tensor) -> Path:
+    digest = hashlib.sha1(checkpoint.read_bytes())
+    for image in images:
+        digest.update(image_key(image).encode())
+    return cache_dir / f"{digest.hexdigest()}.safetensors"
+
+
+def load_or_prepare_supports(model, checkpoint: Path, support_images: torch.Tensor, cache_dir: Path) -> SupportFeatures:
+    """Support features from the cache when this checkpoint has seen these images, else computed and stored."""
+    path = _support_cache_file(cache_dir, checkpoint, support_images)
+    if path.is_file():
+        tensors = load_file(str(path))
+        n = len(tensors) // 2
+        return SupportFeatures([tensors[f"student{i}"] for i in range(n)], [tensors[f"projected{i}"] for i in range(n)])
+    supports = model.prepare_supports(support_images)
+    tensors = {f"student{i}": t.contiguous() for i, t in enumerate(supports.student)}
+    tensors.update({f"projected{i}": t.contiguous() for i, t in enumerate(supports.projected)})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return supports
+
+
+def run_score(args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint)
+    checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
+    model, meta = load_trained_model(checkpoint_file, args.weights, expected_method="d24fad")
+    support_paths = collect_image_paths(args.support)
+    query_paths = collect_image_paths(args.query)
+    size = meta["image_size"]
+    support_images = load_paths(support_paths, size)
+    query_images = load_paths(query_paths, size)
+    supports = load_or_prepare_supports(model, checkpoint_file, support_images, Path(args.support_cache))
+    threshold = None
+    if args.threshold == "auto":
+        threshold = calibrate_threshold(model, support_images) if len(support_images) >= 2 else None
+    elif args.threshold != "none":
+        threshold = float(args.threshold)
+    from medad.engine.evaluate import predict_batches
+
+    maps, scores = predict_batches(lambda batch: model.predict(batch, supports), query_images)
+    out_dir = Path(args.out)
+    write_scores(out_dir, [str(p) for p in query_paths], scores, threshold=threshold)
+    if args.heatmaps:
+        write_heatmaps(Path(args.heatmaps), [str(p) for p in query_paths], query_images, maps)
+    for path, score in zip(query_paths, scores):
+        flag = "" if threshold is None else ("  ABNORMAL" if score > threshold else "  normal")
+        print(f"{score:.5f}{flag}  {path}")
+    if threshold is not None:
+        print(f"threshold {threshold:.5f} (calibrated on {len(support_paths)} supports)" if args.threshold == "auto"
+              else f"threshold {threshold:.5f}")
+    return 0
+

@@ -1,0 +1,110 @@
+"""Episodic few-shot training (D²4FAD) and K-shot evaluation on an unseen task.
+
+Episodes: every batch holds ``batch_size`` query images of ONE training task and
+K support images of the same task drawn from its other normals (never a query
+of the batch).  K is drawn per batch from ``ks`` (one model serves every K) and
+the supports are re-drawn every batch.  An epoch visits each task's normals in
+a random order, at most ``max_queries_per_task`` of them, so that large tasks
+do not drown small ones; task batches are interleaved at random.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medad.engine.evaluate import Evaluation, evaluate_images
+from medad.engine.training import TrainConfig, TrainResult, fit
+from medad.features import FeatureCache, stack_features
+
+
+@dataclass
+class Episode:
+    task: int
+    queries: torch.Tensor
+    supports: torch.Tensor
+
+
+def make_episodes(task_sizes: list[int], batch_size: int, ks: tuple[int, ...], epoch: int, seed: int,
+                  max_queries_per_task: int = 256) -> list[Episode]:
+    """The deterministic list of episodes of one epoch."""
+    rng = np.random.default_rng([seed, epoch])
+    episodes = []
+    for task, size in enumerate(task_sizes):
+        if size < min(ks) + 1:
+            raise ValueError(f"training task {task} has {size} normal images; episodes need at least {min(ks) + 1}")
+        order = rng.permutation(size)[:max_queries_per_task]
+        for start in range(0, len(order), batch_size):
+            queries = order[start:start + batch_size]
+            rest = np.setdiff1d(np.arange(size), queries)
+            k = int(rng.choice([k for k in ks if k <= len(rest)]))
+            supports = rng.choice(rest, size=k, replace=False)
+            episodes.append(Episode(task, torch.from_numpy(queries), torch.from_numpy(supports)))
+    order = rng.permutation(len(episodes))
+    return [episodes[i] for i in order]
+
+
+def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], config: TrainConfig, *,
+                  ks: tuple[int, ...] = (2, 4, 8), max_queries_per_task: int = 256,
+                  out_dir: str | Path | None = None, resume: bool = False,
+                  cache: FeatureCache | None = None) -> TrainResult:
+    """Train a D²4FAD model on the normal images of several tasks (name → N×3×S×S)."""
+    if not task_images:
+        raise ValueError("few-shot training needs at least one training task")
+    names = list(task_images)
+    image_size = int(next(iter(task_images.values())).shape[-1])
+    meta = {**model.meta(), "image_size": image_size, "train_tasks": names, "ks": list(ks)}
+    if config.use_cache:
+        cache = cache or FeatureCache(model.teacher)
+        features = [stack_features(cache, task_images[name], desc=f"teacher features {name}") for name in names]
+
+        def teacher_features(task: int, indices: torch.Tensor) -> list[torch.Tensor]:
+            return [stage[indices] for stage in features[task]]
+    else:
+        def teacher_features(task: int, indices: torch.Tensor) -> list[torch.Tensor]:
+            with torch.no_grad():
+                return model.teacher(task_images[names[task]][indices])
+
+    def loss_for_batch(episode: Episode) -> torch.Tensor:
+        return model.loss(teacher_features(episode.task, episode.queries),
+                          teacher_features(episode.task, episode.supports))
+
+    sizes = [len(task_images[name]) for name in names]
+    return fit(model, lambda epoch: make_episodes(sizes, config.batch_size, ks, epoch, config.seed, max_queries_per_task),
+               loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc="few-shot training")
+
+
+def draw_supports(n_available: int, k: int, draw: int, seed: int = 0) -> np.ndarray:
+    """Indices of the ``draw``-th random support set of size K (deterministic)."""
+    if k > n_available:
+        raise ValueError(f"K={k} support images requested but only {n_available} normal images are available")
+    rng = np.random.default_rng([seed, k, draw])
+    return np.sort(rng.choice(n_available, size=k, replace=False))
+
+
+def evaluate_fewshot(model: torch.nn.Module, support_images: torch.Tensor, test_images: torch.Tensor, labels,
+                     masks: torch.Tensor | None = None, batch_size: int = 32) -> Evaluation:
+    """Score every test image against one support set (support features computed once)."""
+    supports = model.prepare_supports(support_images)
+    return evaluate_images(lambda batch: model.predict(batch, supports), test_images, labels, masks, batch_size)
+
+
+@torch.no_grad()
+def calibrate_threshold(model: torch.nn.Module, support_images: torch.Tensor) -> float:
+    """A decision threshold from the normal supports alone (leave-one-out).
+
+    Each support is scored against the other K − 1; the threshold is the highest
+    of those normal scores, so a query is flagged when it looks less normal than
+    any support does to its peers.  Needs K ≥ 2.
+    """
+    if len(support_images) < 2:
+        raise ValueError("threshold calibration needs at least 2 support images")
+    scores = []
+    for held_out in range(len(support_images)):
+        others = torch.cat([support_images[:held_out], support_images[held_out + 1:]])
+        _, score = model.predict(support_images[held_out:held_out + 1], model.prepare_supports(others))
+        scores.append(float(score[0]))
+    return max(scores)

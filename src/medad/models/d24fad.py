@@ -1,0 +1,200 @@
+"""D²4FAD (Dong et al.): dual distillation + learn-to-weight for few-shot anomaly detection.
+
+A frozen teacher and a student decoder (RD4AD's bottleneck + decoder).  Training
+(normal images only, episodic): teacher→student distillation on the query
+(Eq. 1) and student self-distillation between the query and K support images of
+the same task (Eq. 2), the supports weighted per query by learn-to-weight
+(Eq. 4–5); objective λ·L_tsd + L_ssd (Eq. 3/6), λ = 0.1.  Scoring (Sec. 2.4):
+the per-location map of Eq. 5 between the query's and the weighted supports'
+student features, summed over scales, Gaussian-smoothed per image, averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medad.backbones.base import FeatureStage, Teacher
+from medad.models.rd4ad import check_finite
+from medad.models.student import Student
+from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
+
+WEIGHTINGS = ("l2w", "uniform", "gaussian", "embedded_gaussian", "concatenation")
+
+
+@dataclass
+class D24FADConfig:
+    """Switches for the paper's ablations (Table 2) and weighting variants (Appendix F)."""
+
+    blocks_per_stage: int = 2
+    lambda_tsd: float = 0.1
+    use_tsd: bool = True
+    use_ssd: bool = True
+    weighting: str = "l2w"
+    loss_mode: str = "per_location"
+    score_reduce: str = "mean"
+    sigma: float = DEFAULT_SIGMA
+
+    def __post_init__(self) -> None:
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        if not (self.use_tsd or self.use_ssd):
+            raise ValueError("at least one of use_tsd and use_ssd must be on")
+
+
+class SupportWeighting(nn.Module):
+    """Per-query softmax weights over K supports at one scale (Eq. 4 and Appendix F).
+
+    ``l2w``: softmax(z_q · φ(z_s)ᵀ / √C) with features flattened to C·H·W, φ a 1×1 conv.
+    ``gaussian``: softmax(z_q · z_sᵀ); ``embedded_gaussian``: softmax(θ(z_q) · φ(z_s)ᵀ)
+    (the softmax is the Gaussian's normalised exponential, as in non-local blocks).
+    ``concatenation``: softmax(ReLU(wᵀ[θ(z_q), φ(z_s)])), wᵀ applied per location and
+    averaged over locations so that it does not depend on the image size.
+    ``uniform``: 1/K (Eq. 2).
+    """
+
+    def __init__(self, stage: FeatureStage, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        channels = stage.channels
+        self.scale = 1.0 / math.sqrt(channels)
+        self.phi = nn.Conv2d(channels, channels, 1) if kind in ("l2w", "embedded_gaussian", "concatenation") else None
+        self.theta = nn.Conv2d(channels, channels, 1) if kind in ("embedded_gaussian", "concatenation") else None
+        self.w = nn.Conv2d(2 * channels, 1, 1) if kind == "concatenation" else None
+
+    def project_supports(self, supports: torch.Tensor) -> torch.Tensor:
+        """The support-side projection (cacheable once per support set)."""
+        return self.phi(supports) if self.phi is not None else supports
+
+    def forward(self, queries: torch.Tensor, supports: torch.Tensor,
+                projected_supports: torch.Tensor | None = None) -> torch.Tensor:
+        """B×C×H×W queries, K×C×H×W supports → B×K weights (rows sum to 1)."""
+        batch, k = queries.shape[0], supports.shape[0]
+        if self.kind == "uniform":
+            return queries.new_full((batch, k), 1.0 / k)
+        keys = self.project_supports(supports) if projected_supports is None else projected_supports
+        if self.kind == "concatenation":
+            q = self.theta(queries).unsqueeze(1).expand(-1, k, -1, -1, -1)
+            s = keys.unsqueeze(0).expand(batch, -1, -1, -1, -1)
+            pair = torch.cat([q, s], dim=2).flatten(0, 1)
+            logits = F.relu(self.w(pair)).mean(dim=(1, 2, 3)).view(batch, k)
+            return logits.softmax(dim=1)
+        q = self.theta(queries) if self.theta is not None else queries
+        logits = q.flatten(1) @ keys.flatten(1).T
+        if self.kind == "l2w":
+            logits = logits * self.scale
+        return logits.softmax(dim=1)
+
+
+@dataclass
+class SupportFeatures:
+    """Student features of a support set (and their projections), computed once per task."""
+
+    student: list[torch.Tensor]
+    projected: list[torch.Tensor]
+
+    @property
+    def k(self) -> int:
+        return self.student[0].shape[0]
+
+
+class D24FAD(nn.Module):
+    """Frozen teacher, student decoder and one support weighting per scale."""
+
+    method = "d24fad"
+
+    def __init__(self, teacher: Teacher, config: D24FADConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or D24FADConfig()
+        self.teacher = teacher
+        self.student = Student(teacher.feature_info, self.config.blocks_per_stage)
+        self.weighting = nn.ModuleList([SupportWeighting(stage, self.config.weighting) for stage in teacher.feature_info])
+
+    @classmethod
+    def from_teacher_names(cls, teacher: str, config: D24FADConfig, teacher_weights) -> "D24FAD":
+        from medad.backbones import build_teacher
+
+        return cls(build_teacher(teacher, weights=teacher_weights), config)
+
+    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{key}": value for name, module in (("student", self.student), ("weighting", self.weighting))
+                for key, value in module.state_dict().items()}
+
+    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, module in (("student", self.student), ("weighting", self.weighting)):
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def meta(self) -> dict:
+        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
+
+    # ----- shared pieces -------------------------------------------------------------------------
+    def support_distance_maps(self, query_student: list[torch.Tensor], supports: SupportFeatures
+                              ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per-scale B×h×w maps of Eq. 5 (or Eq. 2 when uniform) and the B×K weights per scale."""
+        maps, weights = [], []
+        for weighting, zq, zs, projected in zip(self.weighting, query_student, supports.student, supports.projected):
+            w = weighting(zq, zs, projected)
+            if self.config.weighting == "uniform":
+                distance = torch.stack([cosine_distance_map(zq, support.expand_as(zq)) for support in zs]).mean(0)
+            else:
+                combined = torch.einsum("bk,kchw->bchw", w, zs)
+                distance = cosine_distance_map(combined, zq)
+            maps.append(distance)
+            weights.append(w)
+        return maps, weights
+
+    def encode_supports(self, support_teacher: list[torch.Tensor]) -> SupportFeatures:
+        student = self.student(support_teacher)
+        projected = [weighting.project_supports(z) for weighting, z in zip(self.weighting, student)]
+        return SupportFeatures(student, projected)
+
+    # ----- training ------------------------------------------------------------------------------
+    def loss(self, query_teacher: list[torch.Tensor], support_teacher: list[torch.Tensor]) -> torch.Tensor:
+        """λ·L_tsd + L_ssd(-l2w) for B queries and K supports of the same task (teacher features)."""
+        batch = query_teacher[0].shape[0]
+        joint = self.student([torch.cat([q, s]) for q, s in zip(query_teacher, support_teacher)])
+        query_student = [z[:batch] for z in joint]
+        support_student = [z[batch:] for z in joint]
+        total = query_teacher[0].new_zeros(())
+        if self.config.use_tsd:
+            tsd = distillation_loss(query_teacher, query_student, self.config.loss_mode)
+            total = total + (self.config.lambda_tsd if self.config.use_ssd else 1.0) * tsd
+        if self.config.use_ssd:
+            supports = SupportFeatures(support_student,
+                                       [w.project_supports(z) for w, z in zip(self.weighting, support_student)])
+            maps, _ = self.support_distance_maps(query_student, supports)
+            total = total + torch.stack([m.mean() for m in maps]).sum()
+        return total
+
+    # ----- scoring -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare_supports(self, support_images: torch.Tensor) -> SupportFeatures:
+        """Student features of K support images, to be reused for every query of the task."""
+        check_finite(support_images)
+        if support_images.shape[0] < 1:
+            raise ValueError("at least one support image is needed")
+        return self.encode_supports(self.teacher(support_images))
+
+    @torch.no_grad()
+    def predict_with_weights(self, images: torch.Tensor, supports: SupportFeatures
+                             ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Anomaly maps (B×H×W), image scores (B) and per-scale support weights (B×K each)."""
+        check_finite(images)
+        query_teacher = self.teacher(images)
+        query_student = self.student(query_teacher)
+        if self.config.use_ssd:
+            distances, weights = self.support_distance_maps(query_student, supports)
+        else:
+            distances = [cosine_distance_map(t, z) for t, z in zip(query_teacher, query_student)]
+            weights = []
+        maps = anomaly_maps(distances, images.shape[-2:], self.config.sigma)
+        return maps, image_scores(maps, self.config.score_reduce), weights
+
+    def predict(self, images: torch.Tensor, supports: SupportFeatures) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores, _ = self.predict_with_weights(images, supports)
+        return maps, scores

@@ -1,0 +1,57 @@
+"""Build a model by method name, and rebuild a trained one from its checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medad.backbones import build_teacher
+from medad.engine.checkpoint import load_model
+from medad.models.rd4ad import RD4AD, RD4ADConfig
+
+
+def _config_from(config_class, values: dict[str, Any] | None):
+    values = values or {}
+    known = {f.name for f in fields(config_class)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {config_class.__name__} option(s): {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(known))}")
+    return config_class(**values)
+
+
+def model_classes() -> dict[str, tuple[type, type]]:
+    """method name → (model class, config class)."""
+    from medad.models.d24fad import D24FAD, D24FADConfig
+
+    classes: dict[str, tuple[type, type]] = {"rd4ad": (RD4AD, RD4ADConfig), "d24fad": (D24FAD, D24FADConfig)}
+    try:
+        from medad.models.pdd import PDD, PDDConfig
+    except ImportError:
+        return classes
+    classes["pdd"] = (PDD, PDDConfig)
+    return classes
+
+
+def build_model(method: str, teacher: str, config: dict[str, Any] | None = None,
+                teacher_weights: str | Path | None = "imagenet") -> torch.nn.Module:
+    """A fresh (untrained) model; ``teacher`` may be "a+b" for two-teacher methods."""
+    classes = model_classes()
+    if method not in classes:
+        raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(classes))}")
+    model_class, config_class = classes[method]
+    return model_class.from_teacher_names(teacher, _config_from(config_class, config), teacher_weights)
+
+
+def load_trained_model(checkpoint: str | Path, teacher_weights: str | Path | None = "imagenet",
+                       expected_method: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model of a checkpoint (file or run folder) and its metadata."""
+    state, meta = load_model(checkpoint, expected_method)
+    model = build_model(meta["method"], meta["teacher"], meta.get("config"), teacher_weights)
+    model.load_learnable_state_dict(state)
+    model.eval()
+    return model, meta
+

@@ -1,0 +1,68 @@
+"""RD4AD (Deng & Li, CVPR 2022): reverse distillation from a frozen teacher into a student decoder."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from medad.backbones.base import Teacher
+from medad.models.student import Student
+from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
+
+
+@dataclass
+class RD4ADConfig:
+    """RD4AD's settings (the paper's defaults; ``loss_mode="flattened"`` = released code)."""
+
+    blocks_per_stage: int = 2
+    loss_mode: str = "per_location"
+    score_reduce: str = "max"
+    sigma: float = DEFAULT_SIGMA
+
+
+def check_finite(images: torch.Tensor) -> None:
+    if not torch.isfinite(images).all():
+        raise ValueError("input batch contains NaN or infinite values; check the images or their preprocessing")
+
+
+class RD4AD(nn.Module):
+    """Teacher (frozen) → bottleneck → decoder; anomaly = teacher/student disagreement."""
+
+    method = "rd4ad"
+
+    def __init__(self, teacher: Teacher, config: RD4ADConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RD4ADConfig()
+        self.teacher = teacher
+        self.student = Student(teacher.feature_info, self.config.blocks_per_stage)
+
+    @classmethod
+    def from_teacher_names(cls, teacher: str, config: RD4ADConfig, teacher_weights) -> "RD4AD":
+        from medad.backbones import build_teacher
+
+        return cls(build_teacher(teacher, weights=teacher_weights), config)
+
+    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.student.state_dict()
+
+    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.student.load_state_dict(state)
+
+    def meta(self) -> dict:
+        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
+
+    def loss(self, teacher_features: list[torch.Tensor]) -> torch.Tensor:
+        """Distillation loss from precomputed (or cached) teacher features."""
+        return distillation_loss(teacher_features, self.student(teacher_features), self.config.loss_mode)
+
+    def distance_maps(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [cosine_distance_map(t, s) for t, s in zip(teacher_features, self.student(teacher_features))]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly maps (B×H×W) and image scores (B) for [0, 1] images."""
+        check_finite(images)
+        maps = anomaly_maps(self.distance_maps(self.teacher(images)), images.shape[-2:], self.config.sigma)
+        return maps, image_scores(maps, self.config.score_reduce)

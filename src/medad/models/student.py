@@ -1,0 +1,119 @@
+"""RD4AD's one-class bottleneck and the student decoder, built from a teacher's ``feature_info``.
+
+The bottleneck (RD4AD's MFF + OCE) brings every teacher stage to the deepest
+stage's resolution with strided 3×3 convolutions, concatenates them and
+compresses the result into an embedding at twice the deepest stride.  The
+decoder mirrors the teacher: from the embedding it upsamples stage by stage
+(2×2 transposed convolution, then residual 3×3 blocks) and returns one map
+per teacher stage, shallow → deep, with the teacher's channels and strides.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from medad.backbones.base import FeatureStage
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Two 3×3 conv-BN layers with an identity shortcut."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv_bn_relu(channels, channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(x + self.body(x))
+
+
+def _downsampler(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
+    """Strided 3×3 convolutions reducing resolution by ``factor`` (a power of two)."""
+    steps = int(math.log2(factor))
+    if 2**steps != factor:
+        raise ValueError(f"stride ratio {factor} between teacher stages is not a power of two")
+    if steps == 0:
+        return _conv_bn_relu(in_channels, out_channels)
+    layers = [_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, stride=2) for i in range(steps)]
+    return nn.Sequential(*layers)
+
+
+class Bottleneck(nn.Module):
+    """Multi-scale fusion of teacher stages into one compact embedding (RD4AD's OCBE)."""
+
+    def __init__(self, stages: list[FeatureStage], embedding_channels: int | None = None) -> None:
+        super().__init__()
+        deepest = stages[-1]
+        self.embedding_channels = embedding_channels or 2 * deepest.channels
+        self.align = nn.ModuleList(
+            [_downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride) for stage in stages]
+        )
+        self.compress = nn.Sequential(
+            _conv_bn_relu(deepest.channels * len(stages), self.embedding_channels, stride=2),
+            ResidualBlock(self.embedding_channels),
+        )
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        aligned = [align(feature) for align, feature in zip(self.align, features)]
+        return self.compress(torch.cat(aligned, dim=1))
+
+
+class Decoder(nn.Module):
+    """Student decoder: embedding → one feature map per teacher stage (shallow → deep)."""
+
+    def __init__(self, stages: list[FeatureStage], embedding_channels: int, blocks_per_stage: int = 2) -> None:
+        super().__init__()
+        self.ups = nn.ModuleList()
+        self.refine = nn.ModuleList()
+        in_channels, in_stride = embedding_channels, 2 * stages[-1].stride
+        for stage in reversed(stages):
+            factor = in_stride // stage.stride
+            if factor == 1:
+                up = _conv_bn_relu(in_channels, stage.channels)
+            else:
+                up = nn.Sequential(
+                    nn.ConvTranspose2d(in_channels, stage.channels, factor, stride=factor, bias=False),
+                    nn.BatchNorm2d(stage.channels),
+                    nn.ReLU(inplace=True),
+                )
+            self.ups.append(up)
+            self.refine.append(nn.Sequential(*[ResidualBlock(stage.channels) for _ in range(blocks_per_stage)],
+                                             nn.Conv2d(stage.channels, stage.channels, 1)))
+            in_channels, in_stride = stage.channels, stage.stride
+
+    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        outputs = []
+        x = embedding
+        for up, refine in zip(self.ups, self.refine):
+            x = up(x)
+            out = refine(x)
+            outputs.append(out)
+            x = torch.relu(out)
+        return outputs[::-1]
+
+
+class Student(nn.Module):
+    """Bottleneck + decoder: teacher features → reconstructed teacher features."""
+
+    def __init__(self, stages: list[FeatureStage], blocks_per_stage: int = 2) -> None:
+        super().__init__()
+        self.bottleneck = Bottleneck(stages)
+        self.decoder = Decoder(stages, self.bottleneck.embedding_channels, blocks_per_stage)
+
+    def forward(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.decoder(self.bottleneck(teacher_features))
