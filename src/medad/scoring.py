@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.functional import gaussian_blur
 
 DEFAULT_SIGMA = 4.0
 
@@ -52,11 +51,21 @@ def upsample_and_sum(distance_maps: list[torch.Tensor], size: tuple[int, int]) -
 
 
 def smooth_maps(maps: torch.Tensor, sigma: float = DEFAULT_SIGMA) -> torch.Tensor:
-    """Gaussian-smooth each B×H×W map independently (never across images)."""
+    """Gaussian-smooth each B×H×W map independently (never across images).
+
+    Separable (a row pass then a column pass), truncated at 4σ, reflect padding —
+    the same result as a 2-D Gaussian filter at a fraction of the cost.
+    """
     if sigma <= 0:
         return maps
-    kernel = 2 * int(4 * sigma + 0.5) + 1
-    return gaussian_blur(maps.unsqueeze(1), [kernel, kernel], [sigma, sigma])[:, 0]
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = maps.unsqueeze(1)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.view(1, 1, -1, 1))
+    return x[:, 0]
 
 
 def anomaly_maps(distance_maps: list[torch.Tensor], size: tuple[int, int],

@@ -15,6 +15,7 @@ from medad.cli.common import (collect_image_paths, load_paths, parse_model_optio
                               write_scores)
 from medad.cli.run_cmd import format_metrics
 from medad.engine.checkpoint import MODEL_FILE
+from medad.engine.evaluate import predict_batches
 from medad.engine.fewshot import calibrate_threshold, draw_supports, evaluate_fewshot, train_fewshot
 from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
@@ -163,9 +164,7 @@ def run_score(args: argparse.Namespace) -> int:
         threshold = calibrate_threshold(model, support_images) if len(support_images) >= 2 else None
     elif args.threshold != "none":
         threshold = float(args.threshold)
-    from medad.engine.evaluate import predict_batches
-
-    maps, scores = predict_batches(lambda batch: model.predict(batch, supports), query_images)
+    maps, scores = predict_batches(lambda rows: model.predict(query_images[rows], supports), len(query_images))
     out_dir = Path(args.out)
     write_scores(out_dir, [str(p) for p in query_paths], scores, threshold=threshold)
     if args.heatmaps:

@@ -9,7 +9,7 @@ from medad.backbones import DEFAULT_TEACHER
 from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, resolve_options, run_record,
                               write_heatmaps, write_scores)
 from medad.engine.checkpoint import MODEL_FILE, check_compatible
-from medad.engine.evaluate import evaluate_images
+from medad.engine.evaluate import evaluate_images, predict_batches
 from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
@@ -119,9 +119,7 @@ def run_predict(args: argparse.Namespace) -> int:
         raise SystemExit("this is a few-shot checkpoint: use 'medad fewshot score'")
     paths = collect_image_paths(args.inputs)
     images = load_paths(paths, meta["image_size"])
-    from medad.engine.evaluate import predict_batches
-
-    maps, scores = predict_batches(model.predict, images, args.batch_size)
+    maps, scores = predict_batches(lambda rows: model.predict(images[rows]), len(images), args.batch_size)
     out_dir = Path(args.out)
     write_scores(out_dir, [str(p) for p in paths], scores, threshold=args.threshold)
     write_heatmaps(out_dir / "heatmaps", [str(p) for p in paths], images, maps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,12 +24,12 @@ class Evaluation:
 
 
 @torch.no_grad()
-def predict_batches(predict, images: torch.Tensor, batch_size: int = 16,
-                    desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
-    """Run ``predict(batch) -> (maps, scores)`` over all images (no image dropped)."""
+def predict_batches(predict_rows: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], n_images: int,
+                    batch_size: int = 16, desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """Run ``predict_rows(rows) -> (maps, scores)`` over all ``n_images`` in slices (no image dropped)."""
     maps, scores = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
-        batch_maps, batch_scores = predict(images[start:start + batch_size])
+    for start in tqdm(range(0, n_images, batch_size), desc=desc, leave=False, unit="batch"):
+        batch_maps, batch_scores = predict_rows(slice(start, min(start + batch_size, n_images)))
         maps.append(batch_maps.float().cpu().numpy())
         scores.append(batch_scores.float().cpu().numpy())
     return np.concatenate(maps), np.concatenate(scores)
@@ -51,12 +52,18 @@ def summarise(scores: np.ndarray, labels: np.ndarray, maps: np.ndarray,
     return Evaluation(scores, labels, maps, masks, metrics)
 
 
-def evaluate_images(predict, images: torch.Tensor, labels, masks: torch.Tensor | None = None,
-                    batch_size: int = 16) -> Evaluation:
-    """Score N images with ``predict`` and compute metrics against their labels (and masks)."""
+def evaluate_rows(predict_rows: Callable[[slice], tuple[torch.Tensor, torch.Tensor]], n_images: int, labels,
+                  masks: torch.Tensor | None = None, batch_size: int = 16) -> Evaluation:
+    """Score ``n_images`` with ``predict_rows`` and compute metrics against their labels (and masks)."""
     labels = np.asarray(labels, dtype=int)
-    maps, scores = predict_batches(predict, images, batch_size)
+    maps, scores = predict_batches(predict_rows, n_images, batch_size)
     mask_array = None
     if masks is not None and bool(masks.any()):
         mask_array = masks[:, 0].numpy() > 0.5
     return summarise(scores, labels, maps, mask_array)
+
+
+def evaluate_images(predict, images: torch.Tensor, labels, masks: torch.Tensor | None = None,
+                    batch_size: int = 16) -> Evaluation:
+    """Score N images with ``predict(batch) -> (maps, scores)`` and compute metrics."""
+    return evaluate_rows(lambda rows: predict(images[rows]), len(images), labels, masks, batch_size)

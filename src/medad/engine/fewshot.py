@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medad.engine.evaluate import Evaluation, evaluate_images
+from medad.engine.evaluate import Evaluation, evaluate_rows
 from medad.engine.training import TrainConfig, TrainResult, fit
 from medad.features import FeatureCache, stack_features
+from medad.models.d24fad import QueryFeatures
 
 
 @dataclass
@@ -85,12 +86,25 @@ def draw_supports(n_available: int, k: int, draw: int, seed: int = 0) -> np.ndar
     return np.sort(rng.choice(n_available, size=k, replace=False))
 
 
-def evaluate_fewshot(model: torch.nn.Module, support_images: torch.Tensor, test_images: torch.Tensor, labels,
-                     masks: torch.Tensor | None = None, batch_size: int = 32) -> Evaluation:
-    """Score every test image against one support set (support features computed once)."""
-    supports = model.prepare_supports(support_images)
-    return evaluate_images(lambda batch: model.predict(batch, supports), test_images, labels, masks, batch_size)
+def encode_queries(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> QueryFeatures:
+    """A D²4FAD model's features of N query images, computed in batches."""
+    return QueryFeatures.concat([model.encode_queries(images[start:start + batch_size])
+                                 for start in range(0, len(images), batch_size)])
 
+
+def evaluate_fewshot(model: torch.nn.Module, support_images: torch.Tensor, test_images: torch.Tensor, labels,
+                     masks: torch.Tensor | None = None, batch_size: int = 32,
+                     queries: QueryFeatures | None = None) -> Evaluation:
+    """Score every test image against one support set (support features computed once).
+
+    ``queries`` (from :func:`encode_queries`) lets several support draws share the
+    test images' features, which do not depend on the supports.
+    """
+    supports = model.prepare_supports(support_images)
+    if queries is None:
+        queries = encode_queries(model, test_images, batch_size)
+    return evaluate_rows(lambda rows: model.score_encoded(queries[rows], supports)[:2],
+                         len(test_images), labels, masks, batch_size)
 
 @torch.no_grad()
 def calibrate_threshold(model: torch.nn.Module, support_images: torch.Tensor) -> float:

@@ -110,7 +110,13 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
 
 
 def index_batches(n_items: int, batch_size: int, epoch: int, seed: int) -> list[torch.Tensor]:
-    """A seeded random permutation of ``range(n_items)`` cut into batches (last partial batch kept)."""
+    """A seeded random permutation of ``range(n_items)`` cut into batches.
+
+    The last partial batch is kept, except that a single leftover image joins the
+    previous batch (BatchNorm cannot train on one image with a 1×1 embedding).
+    """
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n_items, generator=generator)
-    return list(order.split(batch_size))
+    batches = list(torch.randperm(n_items, generator=generator).split(batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches

@@ -181,20 +181,49 @@ class D24FAD(nn.Module):
         return self.encode_supports(self.teacher(support_images))
 
     @torch.no_grad()
+    def encode_queries(self, images: torch.Tensor) -> "QueryFeatures":
+        """Teacher and student features of query images (independent of the support set)."""
+        check_finite(images)
+        teacher = self.teacher(images)
+        return QueryFeatures(teacher, self.student(teacher), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def score_encoded(self, queries: "QueryFeatures", supports: SupportFeatures
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Anomaly maps (B×H×W), image scores (B) and per-scale support weights (B×K each)."""
+        if self.config.use_ssd:
+            distances, weights = self.support_distance_maps(queries.student, supports)
+        else:
+            distances = [cosine_distance_map(t, z) for t, z in zip(queries.teacher, queries.student)]
+            weights = []
+        maps = anomaly_maps(distances, queries.image_size, self.config.sigma)
+        return maps, image_scores(maps, self.config.score_reduce), weights
+
     def predict_with_weights(self, images: torch.Tensor, supports: SupportFeatures
                              ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """Anomaly maps (B×H×W), image scores (B) and per-scale support weights (B×K each)."""
-        check_finite(images)
-        query_teacher = self.teacher(images)
-        query_student = self.student(query_teacher)
-        if self.config.use_ssd:
-            distances, weights = self.support_distance_maps(query_student, supports)
-        else:
-            distances = [cosine_distance_map(t, z) for t, z in zip(query_teacher, query_student)]
-            weights = []
-        maps = anomaly_maps(distances, images.shape[-2:], self.config.sigma)
-        return maps, image_scores(maps, self.config.score_reduce), weights
+        return self.score_encoded(self.encode_queries(images), supports)
 
     def predict(self, images: torch.Tensor, supports: SupportFeatures) -> tuple[torch.Tensor, torch.Tensor]:
         maps, scores, _ = self.predict_with_weights(images, supports)
         return maps, scores
+
+
+@dataclass
+class QueryFeatures:
+    """Teacher and student features of N query images; slicing gives a batch."""
+
+    teacher: list[torch.Tensor]
+    student: list[torch.Tensor]
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.student[0].shape[0]
+
+    @classmethod
+    def concat(cls, parts: list["QueryFeatures"]) -> "QueryFeatures":
+        return cls([torch.cat([p.teacher[i] for p in parts]) for i in range(len(parts[0].teacher))],
+                   [torch.cat([p.student[i] for p in parts]) for i in range(len(parts[0].student))],
+                   parts[0].image_size)
+
+    def __getitem__(self, rows: slice) -> "QueryFeatures":
+        return QueryFeatures([t[rows] for t in self.teacher], [z[rows] for z in self.student], self.image_size)

@@ -45,11 +45,16 @@ class PatchCoreKShot:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_finite(images)
-        features = self.patch_features(images)
+        return self.score_features(self.patch_features(images), bank, tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def score_features(self, features: torch.Tensor, bank: torch.Tensor, image_size: tuple[int, int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps and scores from precomputed query patch features (reusable across support sets)."""
         batch, dim, height, width = features.shape
         patches = features.permute(0, 2, 3, 1).reshape(batch, -1, dim)
         distances = torch.cdist(patches, bank.unsqueeze(0).expand(batch, -1, -1)).amin(dim=2)
-        maps = F.interpolate(distances.view(batch, 1, height, width), size=images.shape[-2:],
+        maps = F.interpolate(distances.view(batch, 1, height, width), size=image_size,
                              mode="bilinear", align_corners=False)[:, 0]
         maps = smooth_maps(maps, self.sigma)
         return maps, image_scores(maps, "max")

@@ -1,0 +1,106 @@
+"""Benchmark result files in the format of ``../shared/BENCHMARKS.md``.
+
+Records are appended one at a time and the JSON is rewritten atomically after
+each, so an interrupted benchmark keeps what it finished and, re-run with the
+same command, skips the records it already has.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medad.io_utils import write_json, write_text
+
+RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size")
+
+
+def machine_description() -> str:
+    """e.g. '2-core x86_64 CPU, 24 GiB, no GPU'."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {platform.machine()} CPU, {memory_gib:.0f} GiB, {gpu}"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def images_per_second(step: Callable[[], Any], n_images: int, repeats: int = 5, warmup: int = 1) -> float:
+    """Median throughput of ``step`` (which processes ``n_images``) over ``repeats`` timed runs after warm-up."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - started)
+    return n_images / statistics.median(times)
+
+
+class BenchmarkResults:
+    """``benchmarks/results/<name>.json`` with accuracy ``records`` and ``speed`` records."""
+
+    def __init__(self, name: str, command: str, directory: str | Path = "benchmarks/results",
+                 resume: bool = True) -> None:
+        self.path = Path(directory) / f"{name}.json"
+        self.data: dict[str, Any] = {"benchmark": name, "command": command, "machine": machine_description(),
+                                     "created": date.today().isoformat(), "records": [], "speed": []}
+        if resume and self.path.is_file():
+            previous = json.loads(self.path.read_text())
+            if previous.get("command") == command:
+                self.data["records"] = previous.get("records", [])
+                self.data["speed"] = previous.get("speed", [])
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return self.data["records"]
+
+    def has(self, **key: Any) -> bool:
+        """Whether a record with these key values exists (for resuming)."""
+        return any(all(record.get(k) == v for k, v in key.items()) for record in self.records)
+
+    def add_record(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        self.save()
+
+    def add_speed(self, record: dict[str, Any]) -> None:
+        self.data["speed"] = [r for r in self.data["speed"]
+                              if any(r.get(k) != record.get(k) for k in ("what", "method", "backbone", "image_size",
+                                                                             "k", "batch_size"))]
+        self.data["speed"].append(record)
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+    def write_markdown(self, text: str) -> None:
+        write_text(self.path.with_suffix(".md"), text)
+
+
+def mean_std(values: Iterable[float], scale: float = 100.0) -> str:
+    """'93.4 ± 1.2' (percent) or '—' for no values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    return f"{scale * float(np.mean(values)):.1f} ± {scale * float(np.std(values)):.1f}"
+
+
+def group_records(records: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
+    groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[tuple(record.get(k) for k in keys)].append(record)
+    return groups

@@ -1,0 +1,6 @@
+"""Data-layer tests: make the helper module importable."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
