@@ -94,6 +94,11 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
             f"{mean_std(r['image_ap'] for r in records)} | {mean_std(r['image_f1max'] for r in records)} | "
             f"{mean_std(r['pixel_auroc'] for r in records)} | {mean_std(r['pixel_aupro'] for r in records)} | "
             f"{paper if paper is not None else '—'} |")
+    if any(r["task"] == "brats_slices" for r in results.records):
+        lines += ["", "BraTS slices: all 64 normal slices of the one volume lie *below* the tumour (z 8–70, tumour z 71–150); "
+                  "training takes z 8–39 and the test normals are z 40–70, so the image AUROC measures slice position "
+                  "more than tumour (here it is inverted). The pixel metrics on the tumour slices are the meaningful "
+                  "figures for this task."]
     speed = results.data["speed"]
     if speed:
         lines += ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |",

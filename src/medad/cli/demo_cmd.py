@@ -74,11 +74,11 @@ def run_demo(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=16, seed=args.seed)
     result = train_fewshot(model, task_images, config, max_queries_per_task=args.max_queries_per_task,
                            out_dir=out_dir / "model")
-    normals, _ = load_images(target.train, args.image_size, desc=f"loading {target.name} normals")
+    supports = draw_supports(len(target.train), args.k, draw=0, seed=args.seed)
+    support_images, _ = load_images([target.train[i] for i in supports], args.image_size, desc="loading supports")
     test_images, masks = load_images(target.test, args.image_size, desc=f"loading {target.name} test")
     labels = [s.label for s in target.test]
-    supports = draw_supports(len(normals), args.k, draw=0, seed=args.seed)
-    evaluation = evaluate_fewshot(model, normals[supports], test_images, labels, masks)
+    evaluation = evaluate_fewshot(model, support_images, test_images, labels, masks)
     print(format_metrics(target.name, evaluation.metrics))
     paths = [str(s.path) for s in target.test]
     write_scores(out_dir, paths, evaluation.scores, labels)

@@ -25,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medad.backbones import MissingWeightsError
+    from medad.data.io import ImageReadError
+    from medad.data.tasks import TaskLayoutError
     from medad.engine.checkpoint import CheckpointError
 
     try:
         return int(args.func(args) or 0)
-    except (MissingWeightsError, CheckpointError) as error:
+    except (MissingWeightsError, CheckpointError, ImageReadError, TaskLayoutError, FileNotFoundError) as error:
         print(f"medad: error: {error}", file=sys.stderr)
         return 2
 

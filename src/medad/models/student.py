@@ -26,20 +26,37 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Se
     )
 
 
-class ResidualBlock(nn.Module):
-    """Two 3×3 conv-BN layers with an identity shortcut."""
+#: from this width on, residual blocks use the ResNet bottleneck form (1×1 → 3×3 at ¼ width → 1×1), as RD4AD's
+#: decoder does for WideResNet-50; narrower teachers (EfficientNet-Lite: ≤ 224) keep two full-width 3×3 convs
+BOTTLENECK_WIDTH = 256
 
-    def __init__(self, channels: int) -> None:
+
+class ResidualBlock(nn.Module):
+    """A residual block ``in_channels → out_channels`` (stride 1 or 2), basic or bottleneck by width."""
+
+    def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            _conv_bn_relu(channels, channels),
-            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(channels),
-        )
+        out_channels = out_channels or in_channels
+        if out_channels >= BOTTLENECK_WIDTH:
+            mid = out_channels // 4
+            self.body = nn.Sequential(
+                nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+                _conv_bn_relu(mid, mid, stride),
+                nn.Conv2d(mid, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+            )
+        else:
+            self.body = nn.Sequential(
+                _conv_bn_relu(in_channels, out_channels, stride),
+                nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.shortcut = (nn.Identity() if in_channels == out_channels and stride == 1 else
+                         nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(out_channels)))
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(x + self.body(x))
+        return self.activation(self.shortcut(x) + self.body(x))
 
 
 def _downsampler(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
@@ -63,10 +80,11 @@ class Bottleneck(nn.Module):
         self.align = nn.ModuleList(
             [_downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride) for stage in stages]
         )
-        self.compress = nn.Sequential(
-            _conv_bn_relu(deepest.channels * len(stages), self.embedding_channels, stride=2),
-            ResidualBlock(self.embedding_channels),
-        )
+        fused = deepest.channels * len(stages)
+        first = (ResidualBlock(fused, self.embedding_channels, stride=2)
+                 if self.embedding_channels >= BOTTLENECK_WIDTH
+                 else _conv_bn_relu(fused, self.embedding_channels, stride=2))
+        self.compress = nn.Sequential(first, ResidualBlock(self.embedding_channels))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         aligned = [align(feature) for align, feature in zip(self.align, features)]

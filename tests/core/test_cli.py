@@ -1,0 +1,89 @@
+"""End-to-end CLI runs on synthetic phantom tasks (seconds each) and the CLI's bad-input errors."""
+
+import json
+
+import pytest
+
+from medad.cli.main import main
+
+
+@pytest.fixture(scope="module")
+def rd4ad_run(tmp_path_factory, phantom_head):
+    out = tmp_path_factory.mktemp("rd4ad_run")
+    assert main(["train", "--method", "rd4ad", "--task", str(phantom_head.root), "--out", str(out),
+                 "--epochs", "2", "--image-size", "64", "--batch-size", "6"]) == 0
+    return out
+
+
+def test_train_writes_checkpoint_config_and_log(rd4ad_run):
+    config = json.loads((rd4ad_run / "config.json").read_text())
+    assert config["options"]["image_size"] == 64 and config["versions"]["torch"]
+    assert json.loads((rd4ad_run / "train_log.json").read_text())["epochs"] == 2
+    assert (rd4ad_run / "model.safetensors").is_file() and (rd4ad_run / "training_state.pt").is_file()
+
+
+def test_evaluate_scores_every_test_image(rd4ad_run, phantom_head, tmp_path):
+    assert main(["evaluate", "--checkpoint", str(rd4ad_run), "--task", str(phantom_head.root),
+                 "--out", str(tmp_path), "--heatmaps"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n_test_normal"] + metrics["n_test_abnormal"] == len(phantom_head.test)
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_aupro"] is not None
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == len(phantom_head.test)
+
+
+def test_predict_a_folder_writes_scores_and_overlays(rd4ad_run, phantom_head, tmp_path):
+    folder = phantom_head.root / "test" / "lesion"
+    assert main(["predict", "--checkpoint", str(rd4ad_run), str(folder), "--out", str(tmp_path),
+                 "--threshold", "0.5"]) == 0
+    rows = json.loads((tmp_path / "scores.json").read_text())["images"]
+    assert len(rows) == len(list(folder.iterdir())) and all("abnormal" in row for row in rows)
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == len(rows)
+
+
+def test_resume_after_interruption_continues_epochs(rd4ad_run, phantom_head):
+    assert main(["train", "--method", "rd4ad", "--task", str(phantom_head.root), "--out", str(rd4ad_run),
+                 "--epochs", "3", "--image-size", "64", "--batch-size", "6", "--resume"]) == 0
+    log = json.loads((rd4ad_run / "train_log.json").read_text())
+    assert log["epochs"] == 3 and len(log["loss"]) == 3
+
+
+def test_damaged_or_foreign_checkpoints_are_clear_errors(rd4ad_run, phantom_head, tmp_path, capsys):
+    damaged = tmp_path / "model.safetensors"
+    damaged.write_bytes((rd4ad_run / "model.safetensors").read_bytes()[:100])
+    assert main(["evaluate", "--checkpoint", str(damaged), "--task", str(phantom_head.root)]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert main(["fewshot", "score", "--checkpoint", str(rd4ad_run), "--support", str(phantom_head.root / "train"),
+                 "--query", str(phantom_head.root / "test"), "--out", str(tmp_path)]) == 2
+    assert "is a 'rd4ad' checkpoint, not 'd24fad'" in capsys.readouterr().err
+
+
+def test_fewshot_train_evaluate_score(tmp_path, phantom_head, phantom_chest, capsys):
+    model_dir = tmp_path / "fs"
+    assert main(["fewshot", "train", "--tasks", str(phantom_chest.root), "--out", str(model_dir),
+                 "--epochs", "1", "--image-size", "64", "--k", "2", "--batch-size", "4"]) == 0
+    assert main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_head.root),
+                 "--k", "2", "4", "--draws", "2"]) == 0
+    (report_file,) = model_dir.glob("fewshot_metrics_*.json")
+    report = json.loads(report_file.read_text())
+    assert len(report["records"]) == 4 and set(report["summary"]) == {"2", "4"}
+    cache = tmp_path / "support_cache"
+    args = ["fewshot", "score", "--checkpoint", str(model_dir), "--support", str(phantom_head.root / "train" / "good"),
+            "--query", str(phantom_head.root / "test"), "--out", str(tmp_path / "scored"),
+            "--heatmaps", str(tmp_path / "maps"), "--support-cache", str(cache)]
+    assert main(args) == 0
+    first = json.loads((tmp_path / "scored" / "scores.json").read_text())
+    assert first["threshold"] is not None and len(first["images"]) == len(phantom_head.test)
+    assert len(list(cache.glob("*.safetensors"))) == 1
+    assert main(args) == 0  # second call reuses the cached support features
+    second = json.loads((tmp_path / "scored" / "scores.json").read_text())
+    assert [r["score"] for r in first["images"]] == pytest.approx([r["score"] for r in second["images"]], abs=1e-5)
+    with pytest.raises(SystemExit, match="was used to train"):
+        main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_chest.root), "--k", "2"])
+    with pytest.raises(ValueError, match="only"):
+        main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_head.root),
+              "--k", "64", "--draws", "1"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit, match="no image files"):
+        main(["fewshot", "score", "--checkpoint", str(model_dir), "--support", str(phantom_head.root / "train"),
+              "--query", str(empty), "--out", str(tmp_path / "x")])
