@@ -29,7 +29,7 @@ from medad.results import BenchmarkResults, group_records, images_per_second, me
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 PAPER_RD4AD = {"headct": 74.3, "zhanglab": 87.5, "brainmri": 80.9}  # PDD Table 1, RD4AD row (WRN-50, 256 px)
-PAPER_NAMES = {"headct": "HeadCT", "brainmri": "BrainMRI", "zhanglab": "ZhangLab", "nih_cxr": "NIH CXR (64 px)",
+PAPER_NAMES = {"headct": "HeadCT", "brainmri": "BrainMRI", "zhanglab": "ZhangLab", "nih_cxr": "NIH CXR (64 px source, upsampled)",
                "brats_slices": "BraTS slices"}
 
 

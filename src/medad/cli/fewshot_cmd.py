@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +17,12 @@ from medad.cli.common import (collect_image_paths, load_paths, parse_model_optio
                               write_scores)
 from medad.cli.run_cmd import format_metrics
 from medad.engine.checkpoint import MODEL_FILE
-from medad.engine.evaluate import predict_batches
-from medad.engine.fewshot import calibrate_threshold, draw_supports, evaluate_fewshot, train_fewshot
+from medad.engine.evaluate import evaluate_rows, predict_batches
+from medad.engine.fewshot import calibrate_threshold, draw_supports, encode_queries, train_fewshot
 from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
-from medad.features import FeatureCache, image_key
-from medad.io_utils import atomic_path, write_json
+from medad.features import image_key
+from medad.io_utils import atomic_path, write_json, write_text
 from medad.models.d24fad import SupportFeatures
 from medad.models.factory import build_model, load_trained_model
 
@@ -56,6 +58,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", help="default: the checkpoint's folder")
     evaluate.add_argument("--data-root", dest="data_root")
     evaluate.add_argument("--weights", default="imagenet")
+    evaluate.add_argument("--no-report", dest="no_report", action="store_true", help="skip the HTML report")
     evaluate.set_defaults(func=run_evaluate)
 
     score = sub.add_parser("score", help="score query images of a new task against K normal support images")
@@ -96,6 +99,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
+    from medad.report import HEATMAP_INDEX, heatmap_file_stems
 
     model, meta = load_trained_model(args.checkpoint, args.weights, expected_method="d24fad")
     task = load_task(args.task, root=args.data_root, seed=args.seed)
@@ -105,25 +109,70 @@ def run_evaluate(args: argparse.Namespace) -> int:
     normals, _ = load_images(task.train, size, desc=f"loading {task.name} normals")
     test_images, masks = load_images(task.test, size, desc=f"loading {task.name} test")
     labels = [sample.label for sample in task.test]
+    paths = [str(sample.path) + (f"#slice{sample.slice_index}" if sample.slice_index is not None else "")
+             for sample in task.test]
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint if Path(args.checkpoint).is_dir()
+                                                   else Path(args.checkpoint).parent)
+    queries = encode_queries(model, test_images)  # the test images' features do not depend on the supports
     records = []
     for k in args.k:
         for draw in range(args.draws):
             indices = draw_supports(len(normals), k, draw, args.seed)
-            evaluation = evaluate_fewshot(model, normals[indices], test_images, labels, masks)
-            records.append({"k": k, "support_draw": draw,
-                            "support": [str(task.train[i].path) for i in indices], **evaluation.metrics})
+            supports = model.prepare_supports(normals[indices])
+            weight_parts: list[torch.Tensor] = []
+
+            def score_rows(rows: slice, supports=supports, weight_parts=weight_parts):
+                maps, scores, weights = model.score_encoded(queries[rows], supports)
+                if weights:  # one B×K tensor per scale; the report shows their mean
+                    weight_parts.append(torch.stack([w.float() for w in weights]).mean(0))
+                return maps, scores
+
+            evaluation = evaluate_rows(score_rows, len(test_images), labels, masks, batch_size=32)
+            support_paths = [str(task.train[i].path) for i in indices]
+            records.append({"k": k, "support_draw": draw, "support": support_paths, **evaluation.metrics})
             print(f"K={k} draw {draw}: " + format_metrics(task.name, evaluation.metrics))
+            table = io.StringIO()
+            writer = csv.writer(table)
+            writer.writerow(["path", "label", "score"])
+            writer.writerows((path, label, float(score)) for path, label, score in zip(paths, labels, evaluation.scores))
+            write_text(out_dir / f"scores_{task.name}_k{k}_d{draw}.csv", table.getvalue())
+            if weight_parts:
+                weights = torch.cat(weight_parts).cpu().numpy()
+                write_json(out_dir / f"support_weights_{task.name}_k{k}_d{draw}.json",
+                           {"task": task.name, "k": k, "support_draw": draw, "support": support_paths,
+                            "weights_are": "learned support weights per query (rows) and support (columns), "
+                                           "mean over the model's scales",
+                            "queries": paths, "labels": labels, "scores": [float(x) for x in evaluation.scores],
+                            "weights": np.round(weights, 6).tolist()})
+            if draw == 0:  # the 8 least and 8 most anomalous test images, with an index of what each file shows
+                order = np.argsort(evaluation.scores, kind="stable")
+                shown = np.concatenate([order[:8], order[-8:]]) if len(order) > 16 else order
+                names = [f"{'abnormal' if labels[i] else 'normal'}_{Path(paths[i]).stem}" for i in shown]
+                heat_dir = out_dir / f"heatmaps_{task.name}_k{k}"
+                write_heatmaps(heat_dir, names, test_images[shown], evaluation.maps[shown])
+                table = io.StringIO()
+                writer = csv.writer(table)
+                writer.writerow(["file", "path", "label", "score"])
+                writer.writerows((f"{stem}.png", paths[i], labels[i], float(evaluation.scores[i]))
+                                 for stem, i in zip(heatmap_file_stems(names), shown))
+                write_text(heat_dir / HEATMAP_INDEX, table.getvalue())
     summary = {}
     for k in args.k:
         aurocs = [r["image_auroc"] for r in records if r["k"] == k]
         summary[str(k)] = {"image_auroc_mean": float(np.mean(aurocs)), "image_auroc_std": float(np.std(aurocs))}
         print(f"{task.name} K={k}: AUROC {np.mean(aurocs):.4f} ± {np.std(aurocs):.4f} over {len(aurocs)} draws")
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint if Path(args.checkpoint).is_dir()
-                                                   else Path(args.checkpoint).parent)
     options = {key: value for key, value in vars(args).items() if key != "func"}
     write_json(out_dir / f"fewshot_metrics_{task.name}.json",
                {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
                 "records": records, "summary": summary})
+    if not getattr(args, "no_report", False):
+        try:
+            from medad.report import build_report
+
+            report = build_report([out_dir], out_dir / "report", title=f"medad fewshot evaluate: {task.name}")
+            print(f"report: {report.path}")
+        except Exception as error:  # noqa: BLE001 - the metrics are written; a failed report must not hide them
+            print(f"medad: warning: the report could not be written ({type(error).__name__}: {error})")
     return 0
 
 

@@ -9,7 +9,7 @@ from medad import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from medad.cli import data_cmd, demo_cmd, fewshot_cmd, run_cmd
+    from medad.cli import data_cmd, demo_cmd, fewshot_cmd, report_cmd, run_cmd
 
     parser = argparse.ArgumentParser(prog="medad", description="Anomaly detection in medical images by "
                                      "knowledge distillation (RD4AD, D²4FAD few-shot, PDD).")
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_parsers(subparsers)
     fewshot_cmd.add_parser(subparsers)
     demo_cmd.add_parser(subparsers)
+    report_cmd.add_parser(subparsers)
     return parser
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from medad.backbones import DEFAULT_TEACHER
 from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, resolve_options, run_record,
                               write_heatmaps, write_scores)
-from medad.engine.checkpoint import MODEL_FILE, check_compatible
+from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.evaluate import evaluate_images, predict_batches
 from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
@@ -51,6 +51,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=16)
     evaluate.add_argument("--weights", default="imagenet", help="teacher weights file")
     evaluate.add_argument("--heatmaps", action="store_true", help="also write heat-map overlays of the test images")
+    evaluate.add_argument("--no-report", dest="no_report", action="store_true",
+                          help="skip the HTML report (default: OUT/report/index.html)")
     evaluate.set_defaults(func=run_evaluate)
 
     predict = subparsers.add_parser("predict", help="score images and write heat-map overlays")
@@ -110,6 +112,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.heatmaps:
         write_heatmaps(out_dir / "heatmaps", paths, images, evaluation.maps)
     print(format_metrics(task.name, evaluation.metrics))
+    if not getattr(args, "no_report", False):
+        try:
+            from medad.report import build_report
+
+            report = build_report([out_dir], out_dir / "report", title=f"medad evaluate: {meta['method']} on {task.name}")
+            print(f"report: {report.path}")
+        except Exception as error:  # noqa: BLE001 - the metrics are written; a failed report must not hide them
+            print(f"medad: warning: the report could not be written ({type(error).__name__}: {error})")
     return 0
 
 

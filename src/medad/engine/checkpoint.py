@@ -69,14 +69,6 @@ def load_model(path: str | Path, expected_method: str | None = None) -> tuple[di
     return state, meta
 
 
-def check_compatible(meta: dict[str, Any], **expected: Any) -> None:
-    """Raise if the checkpoint was made with another teacher, size, … than requested."""
-    for key, value in expected.items():
-        if value is not None and meta.get(key) != value:
-            raise CheckpointError(f"checkpoint was trained with {key}={meta.get(key)!r}, "
-                                  f"but {key}={value!r} was requested; retrain or drop the option")
-
-
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from medad.backbones import build_teacher
 from medad.engine.checkpoint import load_model
 from medad.models.rd4ad import RD4AD, RD4ADConfig
 

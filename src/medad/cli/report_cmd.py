@@ -1,0 +1,32 @@
+"""``medad report``: one self-contained HTML page from benchmark results and/or run folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    report = subparsers.add_parser(
+        "report", help="HTML report (tables, ROC curves, score distributions, heat maps, support weights)",
+        description="Write OUT/index.html (figures embedded, PNGs saved beside it) from benchmark result files "
+                    "(benchmarks/results/*.json or their folder) and/or run folders of 'medad evaluate', "
+                    "'medad fewshot evaluate' and 'medad demo'.")
+    report.add_argument("inputs", nargs="+", metavar="RUN_OR_RESULTS",
+                        help="run folders, benchmark result JSON files, or a folder of result files")
+    report.add_argument("--out", required=True, help="folder for index.html and its PNGs")
+    report.add_argument("--title", help="page title (default 'medad report')")
+    report.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from medad.report import build_report
+
+    report = build_report(args.inputs, args.out, title=args.title)
+    for note in report.notes:
+        print(f"note: {note}")
+    if not report.read:
+        print(f"medad: error: none of the inputs could be read, so {report.path} only says so", file=sys.stderr)
+        return 2
+    print(f"report: {report.path} ({len(report.figures)} figures)")
+    return 0
