@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from medad import __version__
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (MissingWeightsError, CheckpointError, ImageReadError, TaskLayoutError, FileNotFoundError) as error:
         print(f"medad: error: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:  # bad settings or input (image size, K, teacher names, …)
+        if os.environ.get("MEDAD_DEBUG"):
+            raise
+        print(f"medad: error: {error} (set MEDAD_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 
