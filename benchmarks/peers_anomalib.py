@@ -51,6 +51,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--speed-image-size", type=int, default=128)
     parser.add_argument("--speed-batch", type=int, default=8)
+    parser.add_argument("--remeasure-speed", action="store_true", help="redo speed records already present")
     parser.add_argument("--name", default="peers_anomalib")
     return parser.parse_args()
 
@@ -202,18 +203,19 @@ def main() -> int:
     results = BenchmarkResults(args.name, command)
     model = anomalib_patchcore()
     for task_name in sorted(set(args.fewshot_tasks) | set(args.fullshot_tasks)):
-        task = load_task(task_name)
-        normals, _ = load_images(task.train, args.image_size, desc=f"{task_name} train")
-        test, masks = load_images(task.test, args.image_size, desc=f"{task_name} test")
-        labels = [s.label for s in task.test]
         base = {"method": "anomalib-patchcore", "task": task_name, "backbone": "efficientnet_lite0",
                 "image_size": args.image_size, "seed": args.seed}
         settings = [(k, d) for k in args.k for d in range(args.draws)] if task_name in args.fewshot_tasks else []
         if task_name in args.fullshot_tasks:
             settings.append((None, None))
+        settings = [(k, d) for k, d in settings if not results.has(**base, k=k, support_draw=d)]
+        if not settings:
+            continue
+        task = load_task(task_name)
+        normals, _ = load_images(task.train, args.image_size, desc=f"{task_name} train")
+        test, masks = load_images(task.test, args.image_size, desc=f"{task_name} test")
+        labels = [s.label for s in task.test]
         for k, draw in settings:
-            if results.has(**base, k=k, support_draw=draw):
-                continue
             train = normals if k is None else normals[draw_supports(len(normals), k, draw, args.seed)]
             evaluation = run_patchcore(model, train, test, labels, masks)
             results.add_record({**base, "k": k, "support_draw": draw,
@@ -222,6 +224,8 @@ def main() -> int:
                   flush=True)
         results.write_markdown(markdown(results, args))
     for method, function in (("anomalib-rd4ad", measure_anomalib_rd), ("rd4ad", measure_medad_rd)):
+        if any(s["method"] == method for s in results.data["speed"]) and not args.remeasure_speed:
+            continue
         measured = in_subprocess(function, args.speed_image_size, args.speed_batch)
         common = {"method": method, "backbone": "wide_resnet50_2 (random weights)",
                   "image_size": args.speed_image_size, "k": None, "batch_size": args.speed_batch,
