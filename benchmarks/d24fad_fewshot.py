@@ -33,7 +33,7 @@ from medad.features import FeatureCache
 from medad.models.d24fad import D24FAD, D24FADConfig
 from medad.models.patchcore import PatchCoreKShot
 from medad.models.rd4ad import RD4AD
-from medad.results import BenchmarkResults, group_records, images_per_second, mean_std, peak_rss_mib
+from medad.results import BenchmarkResults, images_per_second, mean_std, optimiser_step, peak_rss_mib
 
 TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 #: Table 2 rows: name → config overrides (the full model is the main "d24fad" record)
@@ -170,14 +170,6 @@ def speed_records(results, fold, args, cache) -> None:
     episode = make_episodes([len(images)], args.batch_size, (4,), 0, 0)[0]
     cached_q, cached_s = cache.features(images[episode.queries]), cache.features(images[episode.supports])
 
-    def step(fetch):
-        def run():
-            loss = model.loss(*fetch())
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        return run
-
     def uncached():
         with torch.no_grad():
             return model.teacher(images[episode.queries]), model.teacher(images[episode.supports])
@@ -185,7 +177,9 @@ def speed_records(results, fold, args, cache) -> None:
     n = len(episode.queries)
     for what, fetch in (("train_step", lambda: (cached_q, cached_s)), ("train_step_no_cache", uncached)):
         results.add_speed({"what": what, **{**common, "batch_size": n},
-                           "images_per_second": images_per_second(step(fetch), n), "peak_rss_mib": peak_rss_mib()})
+                           "images_per_second": images_per_second(optimiser_step(lambda: model.loss(*fetch()),
+                                                                                  optimizer), n),
+                           "peak_rss_mib": peak_rss_mib()})
 
 
 def markdown(results: BenchmarkResults, args) -> str:

@@ -43,6 +43,7 @@ from medad.results import (
     group_records,
     images_per_second,
     mean_std,
+    optimiser_step,
     peak_rss_mib,
 )
 
@@ -120,14 +121,6 @@ def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argpars
         with torch.no_grad():
             cached = pair(batch)
 
-        def step(features_fn):
-            def run():
-                loss = model.loss(features_fn())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            return run
-
         def uncached():
             with torch.no_grad():
                 return pair(batch)
@@ -135,7 +128,8 @@ def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argpars
         model.train()
         common = {"method": "pdd", "backbone": teachers + (" (random weights)" if random_weights else ""),
                   "image_size": args.image_size, "k": None, "batch_size": len(batch)}
-        for what, fn in (("train_step", step(lambda: cached)), ("train_step_no_cache", step(uncached))):
+        for what, fn in (("train_step", optimiser_step(lambda: model.loss(cached), optimizer)),
+                         ("train_step_no_cache", optimiser_step(lambda: model.loss(uncached()), optimizer))):
             results.add_speed({"what": what, **common, "images_per_second": images_per_second(fn, len(batch)),
                                "peak_rss_mib": peak_rss_mib()})
         model.eval()

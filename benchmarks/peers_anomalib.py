@@ -34,7 +34,7 @@ from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_rows
 from medad.engine.fewshot import draw_supports
 from medad.engine.images import load_images
-from medad.results import BenchmarkResults, images_per_second, mean_std, peak_rss_mib
+from medad.results import BenchmarkResults, images_per_second, mean_std, optimiser_step, peak_rss_mib
 
 FEWSHOT_TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 FULLSHOT_TASKS = ["headct", "brainmri"]
@@ -104,15 +104,8 @@ def measure_anomalib_rd(image_size: int, batch: int) -> dict:
     optimizer = torch.optim.Adam(params, lr=0.005, betas=(0.5, 0.999))
     images = torch.rand(batch, 3, image_size, image_size)
 
-    def train_step():
-        model.train()
-        encoder_features, decoder_features = model(images)
-        loss = loss_fn(encoder_features, decoder_features)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    train = images_per_second(train_step, batch)
+    model.train()
+    train = images_per_second(optimiser_step(lambda: loss_fn(*model(images)), optimizer), batch)
     model.eval()
     infer = images_per_second(lambda: model(images), batch)
     return {"train": train, "infer": infer, "rss": peak_rss_mib(), "params": sum(p.numel() for p in params)}
@@ -129,14 +122,8 @@ def measure_medad_rd(image_size: int, batch: int) -> dict:
     with torch.no_grad():
         cached = model.teacher(images)  # the cache's content from epoch 2 on
 
-    def train_step():
-        model.train()
-        loss = model.loss(cached)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    train = images_per_second(train_step, batch)
+    model.train()
+    train = images_per_second(optimiser_step(lambda: model.loss(cached), optimizer), batch)
     model.eval()
     infer = images_per_second(lambda: model.predict(images), batch)
     return {"train": train, "infer": infer, "rss": peak_rss_mib(),

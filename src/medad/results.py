@@ -104,3 +104,13 @@ def group_records(records: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[
     for record in records:
         groups[tuple(record.get(k) for k in keys)].append(record)
     return groups
+
+
+def optimiser_step(compute_loss: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """One training step (loss, backward, update) as a closure, for throughput measurements."""
+    def run() -> None:
+        loss = compute_loss()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return run
