@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from medad.io_utils import atomic_path, write_text
+from medad.visualize import heatmap_file_stems
 
 METRICS = [("image_auroc", "image AUROC"), ("image_ap", "image AP"), ("image_f1max", "image F1-max"),
            ("pixel_auroc", "pixel AUROC"), ("pixel_aupro", "pixel AUPRO")]
@@ -138,21 +139,6 @@ def read_scores_csv(path: Path) -> tuple[list[str], np.ndarray | None, np.ndarra
     if "label" in rows[0] and all(row["label"] not in ("", "None", None) for row in rows):
         labels = np.array([int(float(row["label"])) for row in rows])
     return [row["path"] for row in rows], labels, scores
-
-
-def heatmap_file_stems(paths: list[str]) -> list[str]:
-    """The file stems ``medad.cli.common.write_heatmaps`` gives these paths, in the same order."""
-    used: set[str] = set()
-    names = []
-    for path in paths:
-        stem = Path(path).stem.replace(" ", "_")
-        name, counter = stem, 1
-        while name in used:
-            counter += 1
-            name = f"{stem}_{counter}"
-        used.add(name)
-        names.append(name)
-    return names
 
 
 def _display_name(path: str) -> str:

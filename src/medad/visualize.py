@@ -11,6 +11,21 @@ from PIL import Image
 from medad.io_utils import atomic_path
 
 
+def heatmap_file_stems(paths: list[str]) -> list[str]:
+    """Unique, space-free PNG file stems for these image paths, in order (``x``, ``x_2``, … for repeats)."""
+    used: set[str] = set()
+    names = []
+    for path in paths:
+        stem = Path(path).stem.replace(" ", "_")
+        name, counter = stem, 1
+        while name in used:
+            counter += 1
+            name = f"{stem}_{counter}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha: float = 0.45) -> np.ndarray:
     """Blend a jet-coloured anomaly map over an image; image 3×H×W or H×W×3 in [0, 1] → H×W×3 uint8."""
     if image.shape[0] == 3:

@@ -17,7 +17,7 @@ import yaml
 
 from medad import __version__
 from medad.io_utils import write_json, write_text
-from medad.visualize import save_overlay_pair
+from medad.visualize import heatmap_file_stems, save_overlay_pair
 
 
 def load_yaml_config(path: str | None) -> dict[str, Any]:
@@ -90,15 +90,19 @@ def write_heatmaps(out_dir: Path, paths: list[str], images: torch.Tensor, maps: 
     """One side-by-side PNG (image | overlay) per image, on a colour scale shared by all images."""
     out_dir.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
-    used: set[str] = set()
-    for path, image, amap in zip(paths, images.numpy(), maps):
-        stem = Path(path).stem.replace(" ", "_")
-        name, counter = stem, 1
-        while name in used:
-            counter += 1
-            name = f"{stem}_{counter}"
-        used.add(name)
+    for name, image, amap in zip(heatmap_file_stems(paths), images.numpy(), maps):
         save_overlay_pair(out_dir / f"{name}.png", image, amap, vmin, vmax)
+
+
+def write_run_report(out_dir: Path, title: str) -> None:
+    """The HTML report of a run folder; a failure only warns (the metrics are already written)."""
+    try:
+        from medad.report import build_report
+
+        report = build_report([out_dir], out_dir / "report", title=title)
+        print(f"report: {report.path}")
+    except Exception as error:  # noqa: BLE001 - a failed report must not hide the metrics
+        print(f"medad: warning: the report could not be written ({type(error).__name__}: {error})")
 
 
 def collect_image_paths(inputs: list[str]) -> list[Path]:

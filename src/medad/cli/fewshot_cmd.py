@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from medad.backbones import DEFAULT_TEACHER
 from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, run_record, write_heatmaps,
-                              write_scores)
+                              write_run_report, write_scores)
 from medad.cli.run_cmd import format_metrics
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.evaluate import evaluate_rows, predict_batches
@@ -25,6 +25,7 @@ from medad.features import image_key
 from medad.io_utils import atomic_path, write_json, write_text
 from medad.models.d24fad import SupportFeatures
 from medad.models.factory import build_model, load_trained_model
+from medad.visualize import heatmap_file_stems
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -99,7 +100,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
-    from medad.report import HEATMAP_INDEX, heatmap_file_stems
+    from medad.report import HEATMAP_INDEX
 
     model, meta = load_trained_model(args.checkpoint, args.weights, expected_method="d24fad")
     task = load_task(args.task, root=args.data_root, seed=args.seed)
@@ -165,14 +166,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     write_json(out_dir / f"fewshot_metrics_{task.name}.json",
                {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
                 "records": records, "summary": summary})
-    if not getattr(args, "no_report", False):
-        try:
-            from medad.report import build_report
-
-            report = build_report([out_dir], out_dir / "report", title=f"medad fewshot evaluate: {task.name}")
-            print(f"report: {report.path}")
-        except Exception as error:  # noqa: BLE001 - the metrics are written; a failed report must not hide them
-            print(f"medad: warning: the report could not be written ({type(error).__name__}: {error})")
+    if not args.no_report:
+        write_run_report(out_dir, f"medad fewshot evaluate: {task.name}")
     return 0
 
 

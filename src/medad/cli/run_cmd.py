@@ -7,7 +7,7 @@ from pathlib import Path
 
 from medad.backbones import DEFAULT_TEACHER
 from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, resolve_options, run_record,
-                              write_heatmaps, write_scores)
+                              write_heatmaps, write_run_report, write_scores)
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.evaluate import evaluate_images, predict_batches
 from medad.engine.images import load_images
@@ -112,14 +112,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.heatmaps:
         write_heatmaps(out_dir / "heatmaps", paths, images, evaluation.maps)
     print(format_metrics(task.name, evaluation.metrics))
-    if not getattr(args, "no_report", False):
-        try:
-            from medad.report import build_report
-
-            report = build_report([out_dir], out_dir / "report", title=f"medad evaluate: {meta['method']} on {task.name}")
-            print(f"report: {report.path}")
-        except Exception as error:  # noqa: BLE001 - the metrics are written; a failed report must not hide them
-            print(f"medad: warning: the report could not be written ({type(error).__name__}: {error})")
+    if not args.no_report:
+        write_run_report(out_dir, f"medad evaluate: {meta['method']} on {task.name}")
     return 0
 
 
