@@ -40,11 +40,9 @@ from medad.features import FeatureCache
 from medad.models.pdd import ABLATIONS, PDD, PDDConfig
 from medad.results import (
     BenchmarkResults,
+    add_one_class_speed,
     group_records,
-    images_per_second,
     mean_std,
-    optimiser_step,
-    peak_rss_mib,
 )
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
@@ -118,24 +116,9 @@ def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argpars
         batch = images[: args.batch_size]
         optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                      betas=(0.5, 0.999))
-        with torch.no_grad():
-            cached = pair(batch)
-
-        def uncached():
-            with torch.no_grad():
-                return pair(batch)
-
-        model.train()
         common = {"method": "pdd", "backbone": teachers + (" (random weights)" if random_weights else ""),
                   "image_size": args.image_size, "k": None, "batch_size": len(batch)}
-        for what, fn in (("train_step", optimiser_step(lambda: model.loss(cached), optimizer)),
-                         ("train_step_no_cache", optimiser_step(lambda: model.loss(uncached()), optimizer))):
-            results.add_speed({"what": what, **common, "images_per_second": images_per_second(fn, len(batch)),
-                               "peak_rss_mib": peak_rss_mib()})
-        model.eval()
-        results.add_speed({"what": "teacher_student_forward", **common,
-                           "images_per_second": images_per_second(lambda: model.predict(batch), len(batch)),
-                           "peak_rss_mib": peak_rss_mib()})
+        add_one_class_speed(results, model, optimizer, batch, common)
 
 
 def our_rd4ad(path: str, image_size: int) -> dict[str, list[dict]]:

@@ -25,8 +25,7 @@ from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache
 from medad.models.rd4ad import RD4AD
-from medad.results import (BenchmarkResults, group_records, images_per_second, mean_std, optimiser_step,
-                           peak_rss_mib)
+from medad.results import BenchmarkResults, add_one_class_speed, group_records, mean_std
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 PAPER_RD4AD = {"headct": 74.3, "zhanglab": 87.5, "brainmri": 80.9}  # PDD Table 1, RD4AD row (WRN-50, 256 px)
@@ -53,23 +52,9 @@ def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argpars
         model = RD4AD(teacher)
         batch = images[: args.batch_size]
         optimizer = torch.optim.Adam(model.student.parameters(), lr=0.005, betas=(0.5, 0.999))
-        cached = teacher(batch)
-
-        def uncached():
-            with torch.no_grad():
-                return teacher(batch)
-
-        model.train()
         common = {"method": "rd4ad", "backbone": backbone + ("" if weights else " (random weights)"),
                   "image_size": args.image_size, "k": None, "batch_size": len(batch)}
-        for what, fn in (("train_step", optimiser_step(lambda: model.loss(cached), optimizer)),
-                         ("train_step_no_cache", optimiser_step(lambda: model.loss(uncached()), optimizer))):
-            results.add_speed({"what": what, **common, "images_per_second": images_per_second(fn, len(batch)),
-                               "peak_rss_mib": peak_rss_mib()})
-        model.eval()
-        results.add_speed({"what": "teacher_student_forward", **common,
-                           "images_per_second": images_per_second(lambda: model.predict(batch), len(batch)),
-                           "peak_rss_mib": peak_rss_mib()})
+        add_one_class_speed(results, model, optimizer, batch, common)
 
 
 def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:

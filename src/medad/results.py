@@ -114,3 +114,25 @@ def optimiser_step(compute_loss: Callable[[], torch.Tensor], optimizer: torch.op
         loss.backward()
         optimizer.step()
     return run
+
+
+def add_one_class_speed(results: BenchmarkResults, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        batch: torch.Tensor, common: dict[str, Any]) -> None:
+    """Speed records of a one-class model (``.teacher``, ``.loss``, ``.predict``) on one batch, same process:
+    ``train_step`` (cached teacher features), ``train_step_no_cache`` and ``teacher_student_forward``."""
+    with torch.no_grad():
+        cached = model.teacher(batch)
+
+    def uncached() -> list[torch.Tensor]:
+        with torch.no_grad():
+            return model.teacher(batch)
+
+    model.train()
+    for what, step in (("train_step", optimiser_step(lambda: model.loss(cached), optimizer)),
+                       ("train_step_no_cache", optimiser_step(lambda: model.loss(uncached()), optimizer))):
+        results.add_speed({"what": what, **common, "images_per_second": images_per_second(step, len(batch)),
+                           "peak_rss_mib": peak_rss_mib()})
+    model.eval()
+    results.add_speed({"what": "teacher_student_forward", **common,
+                       "images_per_second": images_per_second(lambda: model.predict(batch), len(batch)),
+                       "peak_rss_mib": peak_rss_mib()})

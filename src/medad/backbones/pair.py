@@ -28,7 +28,7 @@ class TeacherPair(Teacher):
     """Frozen pair of teachers; forward → first's features followed by second's."""
 
     def __init__(self, first: Teacher, second: Teacher) -> None:
-        # The base class's mean/std buffers are unused: each sub-teacher normalises its own input.
+        # Identity normalisation (mean 0, std 1): each sub-teacher normalises its own input.
         super().__init__(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         check_compatible(first, second)
         self.first = first
@@ -52,22 +52,10 @@ class TeacherPair(Teacher):
             raise ValueError(f"teacher pair {self.name} returns {len(self.feature_info)} feature maps, got {len(features)}")
         return list(features[: self.num_first]), list(features[self.num_first:])
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return images  # each sub-teacher normalises inside its own forward
-
     def extract(self, normalised: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError("TeacherPair has no single normalisation: call the pair itself on [0, 1] images")
-
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"teacher pair {self.name} expects B×3×H×W images, got shape {tuple(images.shape)}")
-        height, width = images.shape[-2:]
-        if height % self.max_stride or width % self.max_stride:
-            raise ValueError(
-                f"image size {height}×{width} is not divisible by the deepest stride {self.max_stride} of teacher "
-                f"pair {self.name}; choose an image size that is a multiple of {self.max_stride} (e.g. 128 or 256)"
-            )
-        return [*self.first(images), *self.second(images)]
+        # The pair's own mean/std are 0/1, so ``normalised`` is still the [0, 1] input that
+        # each sub-teacher normalises in its own forward.
+        return [*self.first(normalised), *self.second(normalised)]
 
 
 def check_compatible(first: Teacher, second: Teacher) -> None:
