@@ -6,7 +6,7 @@ Writes benchmarks/results/peers_anomalib.json (+ .md).  Resumable.
 Accuracy: anomalib's PatchCore torch model with the SAME offline EfficientNet-Lite0 ImageNet weights as
 ours (loaded into the timm model anomalib builds; no download) and the same input normalisation
 ((x − 0.5)/0.5, what these weights expect), on the same splits: K-shot on the few-shot folds with the
-same support draws as benchmarks/d24fad_fewshot.py, and full-shot on the small unsupervised tasks.
+same support draws as benchmarks/fewshot_loo.py, and full-shot on the small unsupervised tasks.
 anomalib's defaults otherwise (layers at strides 8 and 16, coreset ratio 0.1, 9-neighbour re-weighting).
 Our figures (D²4FAD, PatchCore-K-shot, RD4AD) are read from the committed result files.
 
@@ -142,12 +142,12 @@ def ours(name: str) -> list[dict]:
 
 def markdown(results: BenchmarkResults, args) -> str:
     peers = results.records
-    fewshot = ours("d24fad_fewshot")
+    fewshot = [r for r in ours("fewshot_loo") if r.get("protocol", "honest") == "honest"]
     unsupervised = ours("rd4ad_unsupervised")
     lines = ["# medad vs anomalib (same data, splits, supports, teacher weights and machine)", "",
              f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
              "Image AUROC (%), mean ± std over support draws. anomalib = its PatchCore torch model with our offline "
-             "EfficientNet-Lite0 weights; medad rows come from `d24fad_fewshot.json` / `rd4ad_unsupervised.json`.",
+             "EfficientNet-Lite0 weights; medad rows come from `fewshot_loo.json` / `rd4ad_unsupervised.json`.",
              "", "## Few-shot folds (K-shot)", "", "| task | K | anomalib PatchCore | medad PatchCore-K | medad RD4AD-K "
              "| medad D²4FAD | D²4FAD − anomalib |", "|---|---|---|---|---|---|---|"]
     for task in args.fewshot_tasks:

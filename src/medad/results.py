@@ -7,6 +7,7 @@ same command, skips the records it already has.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -24,7 +25,12 @@ import torch
 
 from medad.io_utils import write_json, write_text
 
-RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size")
+RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size", "protocol")
+
+
+def record_identity(record: dict[str, Any]) -> str:
+    """What makes an accuracy record unique (its setting, not its figures)."""
+    return json.dumps([record.get(k) for k in RECORD_KEY])
 
 
 def machine_description() -> str:
@@ -85,7 +91,34 @@ class BenchmarkResults:
         self.save()
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        """Write the file atomically, keeping what another process running the same command wrote meanwhile.
+
+        Several processes may share one results file (e.g. one per fold): under a lock, records they
+        added are merged in (by record key) and so are the entries of dict-valued sections this process
+        does not have.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.is_file():
+                previous = json.loads(self.path.read_text())
+                if previous.get("command") == self.data["command"]:
+                    self._merge(previous)
+            write_json(self.path, self.data)
+
+    def _merge(self, other: dict[str, Any]) -> None:
+        known = {record_identity(r) for r in self.records}
+        self.records.extend(r for r in other.get("records", []) if record_identity(r) not in known)
+        for section, value in other.items():
+            mine = self.data.get(section)
+            if isinstance(value, dict) and isinstance(mine, dict):
+                for key, entry in value.items():
+                    if isinstance(entry, dict) and isinstance(mine.get(key), dict):
+                        mine[key] = {**entry, **mine[key]}
+                    else:
+                        mine.setdefault(key, entry)
+            elif section not in self.data:
+                self.data[section] = value
 
     def write_markdown(self, text: str) -> None:
         write_text(self.path.with_suffix(".md"), text)

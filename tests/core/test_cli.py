@@ -54,7 +54,7 @@ def test_damaged_or_foreign_checkpoints_are_clear_errors(rd4ad_run, phantom_head
     assert "damaged" in capsys.readouterr().err
     assert main(["fewshot", "score", "--checkpoint", str(rd4ad_run), "--support", str(phantom_head.root / "train"),
                  "--query", str(phantom_head.root / "test"), "--out", str(tmp_path)]) == 2
-    assert "is a 'rd4ad' checkpoint, not 'd24fad'" in capsys.readouterr().err
+    assert "is a 'rd4ad' checkpoint, not 'd24fad_nn' or 'd24fad'" in capsys.readouterr().err
 
 
 def test_fewshot_train_evaluate_score(tmp_path, phantom_head, phantom_chest, capsys):

@@ -1,7 +1,7 @@
-"""``medad demo``: the README's main job — few-shot D²4FAD on an unseen task in a few minutes.
+"""``medad demo``: the README's main job — medad's default few-shot model on an unseen task in minutes.
 
 With the shared data (``--data-root``, ``$MEDAD_DATA_ROOT`` or ``../shared/data``) it trains one
-D²4FAD model on the normal images of head CT, brain MRI, paediatric and adult chest X-ray, then scores
+D²4FAD-NN model on the normal images of head CT, brain MRI, paediatric and adult chest X-ray, then scores
 the unseen brain-tumour MRI task from K normal references.  Without it, the same on synthetic phantom
 tasks (two training styles, one held-out style).  Prints metrics, writes heat maps.
 """
@@ -20,7 +20,7 @@ from medad.engine.fewshot import draw_supports, evaluate_fewshot, train_fewshot
 from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.io_utils import write_json
-from medad.models.factory import build_model
+from medad.models.factory import DEFAULT_FEWSHOT_METHOD, FEWSHOT_TRAINING, build_model
 
 SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]
 SHARED_TARGET = "brain_tumor"
@@ -32,9 +32,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--data-root", dest="data_root")
     demo.add_argument("--synthetic", action="store_true", help="use phantom tasks even if shared data exists")
     demo.add_argument("--k", type=int, default=4)
-    demo.add_argument("--epochs", type=int, default=4)
+    budget = FEWSHOT_TRAINING[DEFAULT_FEWSHOT_METHOD]
+    demo.add_argument("--epochs", type=int, default=budget["epochs"])
     demo.add_argument("--image-size", dest="image_size", type=int, default=128)
-    demo.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int, default=128)
+    demo.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
+                      default=budget["max_queries_per_task"])
     demo.add_argument("--teacher", default=DEFAULT_TEACHER)
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=run_demo)
@@ -67,11 +69,12 @@ def run_demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     seed_everything(args.seed)
     train_tasks, target, source = _tasks(args, out_dir)
-    print(f"D²4FAD demo on {source}: train on {', '.join(t.name for t in train_tasks)}; "
+    print(f"few-shot demo ({DEFAULT_FEWSHOT_METHOD}) on {source}: train on {', '.join(t.name for t in train_tasks)}; "
           f"unseen target {target.name} with K={args.k} normal references; teacher {args.teacher}")
-    model = build_model("d24fad", args.teacher)
+    model = build_model(DEFAULT_FEWSHOT_METHOD, args.teacher)
     task_images = {t.name: load_images(t.train, args.image_size, desc=f"loading {t.name}")[0] for t in train_tasks}
-    config = TrainConfig(epochs=args.epochs, batch_size=16, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=FEWSHOT_TRAINING[DEFAULT_FEWSHOT_METHOD]["batch_size"],
+                         seed=args.seed)
     result = train_fewshot(model, task_images, config, max_queries_per_task=args.max_queries_per_task,
                            out_dir=out_dir / "model")
     supports = draw_supports(len(target.train), args.k, draw=0, seed=args.seed)

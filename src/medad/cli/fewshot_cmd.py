@@ -1,4 +1,4 @@
-"""``medad fewshot train | evaluate | score``: D²4FAD on unseen tasks from K normal images."""
+"""``medad fewshot train | evaluate | score``: few-shot models on unseen tasks from K normal images."""
 
 from __future__ import annotations
 
@@ -23,27 +23,31 @@ from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.features import image_key
 from medad.io_utils import atomic_path, write_json, write_text
-from medad.models.d24fad import SupportFeatures
-from medad.models.factory import build_model, load_trained_model
+from medad.models.factory import (DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, FEWSHOT_TRAINING, build_model,
+                                  load_trained_model)
 from medad.visualize import heatmap_file_stems
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    fewshot = subparsers.add_parser("fewshot", help="D²4FAD few-shot anomaly detection")
+    fewshot = subparsers.add_parser("fewshot", help="few-shot anomaly detection (D²4FAD-NN, D²4FAD)")
     sub = fewshot.add_subparsers(dest="fewshot_command", required=True)
 
     train = sub.add_parser("train", help="train one model on the normal images of several tasks")
     train.add_argument("--tasks", nargs="+", required=True, help="registry names or folders")
     train.add_argument("--out", required=True)
+    train.add_argument("--method", choices=FEWSHOT_METHODS, default=DEFAULT_FEWSHOT_METHOD,
+                       help=f"few-shot model (default {DEFAULT_FEWSHOT_METHOD}; d24fad = the paper's model)")
     train.add_argument("--teacher", default=DEFAULT_TEACHER)
     train.add_argument("--weights", default="imagenet")
     train.add_argument("--image-size", dest="image_size", type=int, default=128)
     train.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="support sizes drawn per batch")
-    train.add_argument("--epochs", type=int, default=10)
-    train.add_argument("--batch-size", dest="batch_size", type=int, default=16)
+    train.add_argument("--epochs", type=int, help="default: the method's (d24fad_nn 32, d24fad 10)")
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="queries per episode "
+                       "(default: the method's, d24fad_nn 8, d24fad 16)")
     train.add_argument("--lr", type=float, default=0.005)
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int, default=256)
+    train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
+                       help="queries per task and epoch (default: the method's, d24fad_nn 64, d24fad 256)")
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE")
     train.add_argument("--data-root", dest="data_root")
     train.add_argument("--no-cache", action="store_true")
@@ -78,8 +82,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
 
+    for key, value in FEWSHOT_TRAINING[args.method].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     seed_everything(args.seed)
-    model = build_model("d24fad", args.teacher, parse_model_options(args.model_option), args.weights)
+    model = build_model(args.method, args.teacher, parse_model_options(args.model_option), args.weights)
     tasks = [load_task(name, root=args.data_root, seed=args.seed) for name in args.tasks]
     task_images = {task.name: load_images(task.train, args.image_size, desc=f"loading {task.name}")[0]
                    for task in tasks}
@@ -92,8 +99,8 @@ def run_train(args: argparse.Namespace) -> int:
     result = train_fewshot(model, task_images, config, ks=tuple(args.k),
                            max_queries_per_task=args.max_queries_per_task, out_dir=out_dir, resume=args.resume)
     write_json(out_dir / "train_log.json", {"epochs": result.epochs_done, "loss": result.history,
-                                            "train_seconds": result.train_seconds})
-    print(f"trained d24fad on {', '.join(task_images)}: {result.epochs_done} epochs, {result.train_seconds:.1f} s; "
+                                            "train_seconds": result.train_seconds, "per_epoch": result.log})
+    print(f"trained {args.method} on {', '.join(task_images)}: {result.epochs_done} epochs, {result.train_seconds:.1f} s; "
           f"checkpoint {out_dir / MODEL_FILE}")
     return 0
 
@@ -102,7 +109,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
     from medad.report import HEATMAP_INDEX
 
-    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method="d24fad")
+    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=FEWSHOT_METHODS)
     task = load_task(args.task, root=args.data_root, seed=args.seed)
     if task.name in meta.get("train_tasks", []):
         raise SystemExit(f"task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
@@ -178,25 +185,21 @@ def _support_cache_file(cache_dir: Path, checkpoint: Path, images: torch.Tensor)
     return cache_dir / f"{digest.hexdigest()}.safetensors"
 
 
-def load_or_prepare_supports(model, checkpoint: Path, support_images: torch.Tensor, cache_dir: Path) -> SupportFeatures:
+def load_or_prepare_supports(model, checkpoint: Path, support_images: torch.Tensor, cache_dir: Path):
     """Support features from the cache when this checkpoint has seen these images, else computed and stored."""
     path = _support_cache_file(cache_dir, checkpoint, support_images)
     if path.is_file():
-        tensors = load_file(str(path))
-        n = len(tensors) // 2
-        return SupportFeatures([tensors[f"student{i}"] for i in range(n)], [tensors[f"projected{i}"] for i in range(n)])
+        return model.supports_from_tensors(load_file(str(path)))
     supports = model.prepare_supports(support_images)
-    tensors = {f"student{i}": t.contiguous() for i, t in enumerate(supports.student)}
-    tensors.update({f"projected{i}": t.contiguous() for i, t in enumerate(supports.projected)})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp))
+        save_file(supports.to_tensors(), str(tmp))
     return supports
 
 
 def run_score(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint)
     checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
-    model, meta = load_trained_model(checkpoint_file, args.weights, expected_method="d24fad")
+    model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=FEWSHOT_METHODS)
     support_paths = collect_image_paths(args.support)
     query_paths = collect_image_paths(args.query)
     size = meta["image_size"]

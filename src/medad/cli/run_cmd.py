@@ -15,7 +15,7 @@ from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache
 from medad.io_utils import write_json
-from medad.models.factory import build_model, load_trained_model
+from medad.models.factory import FEWSHOT_METHODS, build_model, load_trained_model
 
 TRAIN_DEFAULTS = {"method": "rd4ad", "task": None, "teacher": DEFAULT_TEACHER, "weights": "imagenet",
                   "image_size": 128, "epochs": 20, "batch_size": 16, "lr": 0.005, "seed": 0,
@@ -96,7 +96,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
 
     model, meta = load_trained_model(args.checkpoint, args.weights)
-    if meta["method"] == "d24fad":
+    if meta["method"] in FEWSHOT_METHODS:
         raise SystemExit("this is a few-shot checkpoint: use 'medad fewshot evaluate'")
     task = load_task(args.task, root=args.data_root, seed=args.seed)
     images, masks = load_images(task.test, meta["image_size"], desc=f"loading {task.name} test")
@@ -119,7 +119,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     model, meta = load_trained_model(args.checkpoint, args.weights)
-    if meta["method"] == "d24fad":
+    if meta["method"] in FEWSHOT_METHODS:
         raise SystemExit("this is a few-shot checkpoint: use 'medad fewshot score'")
     paths = collect_image_paths(args.inputs)
     images = load_paths(paths, meta["image_size"])

@@ -54,14 +54,16 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return json.loads(header["medad"])
 
 
-def load_model(path: str | Path, expected_method: str | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Weights and metadata of a checkpoint; ``expected_method`` guards against mix-ups."""
+def load_model(path: str | Path, expected_method: str | tuple[str, ...] | None = None
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Weights and metadata of a checkpoint; ``expected_method`` (one name or several) guards against mix-ups."""
     path = Path(path)
     if path.is_dir():
         path = path / MODEL_FILE
     meta = read_meta(path)
-    if expected_method is not None and meta.get("method") != expected_method:
-        raise CheckpointError(f"{path} is a {meta.get('method')!r} checkpoint, not {expected_method!r}")
+    expected = (expected_method,) if isinstance(expected_method, str) else expected_method
+    if expected is not None and meta.get("method") not in expected:
+        raise CheckpointError(f"{path} is a {meta.get('method')!r} checkpoint, not {' or '.join(map(repr, expected))}")
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:

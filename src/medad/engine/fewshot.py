@@ -10,8 +10,10 @@ do not drown small ones; task batches are interleaved at random.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,6 +22,10 @@ from medad.engine.evaluate import Evaluation, evaluate_rows
 from medad.engine.training import TrainConfig, TrainResult, fit
 from medad.features import FeatureCache, stack_features
 from medad.models.d24fad import QueryFeatures
+from medad.models.support_matching import mean_pairwise_cosine
+
+#: images per training task in the fixed probe batch of the collapse monitor
+PROBE_IMAGES_PER_TASK = 4
 
 
 @dataclass
@@ -51,8 +57,13 @@ def make_episodes(task_sizes: list[int], batch_size: int, ks: tuple[int, ...], e
 def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], config: TrainConfig, *,
                   ks: tuple[int, ...] = (2, 4, 8), max_queries_per_task: int = 256,
                   out_dir: str | Path | None = None, resume: bool = False,
-                  cache: FeatureCache | None = None) -> TrainResult:
-    """Train a D²4FAD model on the normal images of several tasks (name → N×3×S×S)."""
+                  cache: FeatureCache | None = None,
+                  after_epoch: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
+    """Train a few-shot model (D²4FAD or D²4FAD-NN) on the normal images of several tasks (name → N×3×S×S).
+
+    The result's ``log`` records, per epoch, the loss, the collapse monitor (:func:`collapse_monitor`)
+    and whatever ``after_epoch()`` returns.
+    """
     if not task_images:
         raise ValueError("few-shot training needs at least one training task")
     names = list(task_images)
@@ -74,8 +85,26 @@ def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], 
                           teacher_features(episode.task, episode.supports))
 
     sizes = [len(task_images[name]) for name in names]
+    probe = [torch.cat(stage) for stage in zip(*[teacher_features(task, torch.arange(min(size, PROBE_IMAGES_PER_TASK)))
+                                                  for task, size in enumerate(sizes)])]
     return fit(model, lambda epoch: make_episodes(sizes, config.batch_size, ks, epoch, config.seed, max_queries_per_task),
-               loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc="few-shot training")
+               loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc="few-shot training",
+               monitor=lambda: {**collapse_monitor(model, probe), **(after_epoch() if after_epoch else {})})
+
+
+def collapse_monitor(model: torch.nn.Module, probe_teacher: list[torch.Tensor]) -> dict[str, list[float]]:
+    """Inter-image cosine per scale of the student's and the teacher's features on a fixed probe batch.
+
+    A student whose value approaches 1 while the teacher's stays lower has collapsed: its
+    features no longer depend on the image.
+    """
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        student = model.student(probe_teacher)
+    model.train(was_training)
+    return {"student_cos": [round(mean_pairwise_cosine(z), 4) for z in student],
+            "teacher_cos": [round(mean_pairwise_cosine(t), 4) for t in probe_teacher]}
 
 
 def draw_supports(n_available: int, k: int, draw: int, seed: int = 0) -> np.ndarray:

@@ -41,6 +41,8 @@ class TrainResult:
     epochs_done: int
     history: list[float] = field(default_factory=list)
     train_seconds: float = 0.0
+    #: one entry per epoch: the epoch, its mean loss and what ``monitor`` measured after it
+    log: list[dict[str, Any]] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -52,11 +54,12 @@ def seed_everything(seed: int) -> None:
 def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
         loss_for_batch: Callable[[Any], torch.Tensor], config: TrainConfig, *,
         meta: dict[str, Any], out_dir: str | Path | None = None, resume: bool = False,
-        desc: str = "training") -> TrainResult:
+        desc: str = "training", monitor: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
     """Optimise the model's trainable parameters for ``config.epochs`` epochs.
 
     ``make_batches(epoch)`` yields the epoch's batches (it must be deterministic
-    in ``epoch`` for resume to be exact); ``loss_for_batch`` returns their loss.
+    in ``epoch`` for resume to be exact); ``loss_for_batch`` returns their loss;
+    ``monitor()``, called after every epoch, adds its measurements to the log.
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(parameters, lr=config.lr, betas=config.betas)
@@ -74,7 +77,8 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and "scheduler" in state:
             scheduler.load_state_dict(state["scheduler"])
-        result = TrainResult(int(state["epochs_done"]), list(state["history"]), float(state["train_seconds"]))
+        result = TrainResult(int(state["epochs_done"]), list(state["history"]), float(state["train_seconds"]),
+                             list(state.get("log", [])))
     progress = tqdm(range(result.epochs_done, config.epochs), desc=desc, unit="epoch",
                     initial=result.epochs_done, total=config.epochs)
     for epoch in progress:
@@ -96,12 +100,17 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
         result.train_seconds += time.perf_counter() - started
         result.history.append(float(np.mean(losses)))
         result.epochs_done = epoch + 1
+        entry = {"epoch": result.epochs_done, "loss": result.history[-1], "steps": len(losses)}
+        if monitor is not None:
+            with torch.no_grad():
+                entry.update(monitor())
+        result.log.append(entry)
         progress.set_postfix(loss=f"{result.history[-1]:.4f}")
         if out_dir is not None:
             save_model(out_dir / MODEL_FILE, model.learnable_state_dict(),
                        {**meta, "epochs": result.epochs_done, "train_config": asdict(config)})
             state = {"optimizer": optimizer.state_dict(), "epochs_done": result.epochs_done,
-                     "history": result.history, "train_seconds": result.train_seconds}
+                     "history": result.history, "train_seconds": result.train_seconds, "log": result.log}
             if scheduler is not None:
                 state["scheduler"] = scheduler.state_dict()
             save_training_state(out_dir / STATE_FILE, state)

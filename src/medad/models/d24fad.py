@@ -101,6 +101,15 @@ class SupportFeatures:
     def k(self) -> int:
         return self.student[0].shape[0]
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {f"student{i}": z.contiguous() for i, z in enumerate(self.student)}
+        return {**tensors, **{f"projected{i}": p.contiguous() for i, p in enumerate(self.projected)}}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "SupportFeatures":
+        scales = len(tensors) // 2
+        return cls([tensors[f"student{i}"] for i in range(scales)], [tensors[f"projected{i}"] for i in range(scales)])
+
 
 class D24FAD(nn.Module):
     """Frozen teacher, student decoder and one support weighting per scale."""
@@ -179,6 +188,11 @@ class D24FAD(nn.Module):
         if support_images.shape[0] < 1:
             raise ValueError("at least one support image is needed")
         return self.encode_supports(self.teacher(support_images))
+
+    @staticmethod
+    def supports_from_tensors(tensors: dict[str, torch.Tensor]) -> SupportFeatures:
+        """A support set saved with ``SupportFeatures.to_tensors`` (the support cache of ``fewshot score``)."""
+        return SupportFeatures.from_tensors(tensors)
 
     @torch.no_grad()
     def encode_queries(self, images: torch.Tensor) -> "QueryFeatures":

@@ -12,6 +12,17 @@ from medad.engine.checkpoint import load_model
 from medad.models.rd4ad import RD4AD, RD4ADConfig
 
 
+#: few-shot methods, the recommended one first (``docs/METHODS.md`` says why it replaces the paper's model)
+FEWSHOT_METHODS = ("d24fad_nn", "d24fad")
+DEFAULT_FEWSHOT_METHOD = FEWSHOT_METHODS[0]
+#: training budget of each few-shot method: D²4FAD-NN takes many small steps (≈ 1,000 on four tasks),
+#: the paper's model the budget of medad's earlier benchmark
+FEWSHOT_TRAINING = {
+    "d24fad_nn": {"epochs": 32, "batch_size": 8, "max_queries_per_task": 64},
+    "d24fad": {"epochs": 10, "batch_size": 16, "max_queries_per_task": 256},
+}
+
+
 def _config_from(config_class, values: dict[str, Any] | None):
     values = values or {}
     known = {f.name for f in fields(config_class)}
@@ -25,8 +36,10 @@ def _config_from(config_class, values: dict[str, Any] | None):
 def model_classes() -> dict[str, tuple[type, type]]:
     """method name → (model class, config class)."""
     from medad.models.d24fad import D24FAD, D24FADConfig
+    from medad.models.d24fad_nn import D24FADNN, D24FADNNConfig
 
-    classes: dict[str, tuple[type, type]] = {"rd4ad": (RD4AD, RD4ADConfig), "d24fad": (D24FAD, D24FADConfig)}
+    classes: dict[str, tuple[type, type]] = {"rd4ad": (RD4AD, RD4ADConfig), "d24fad": (D24FAD, D24FADConfig),
+                                             "d24fad_nn": (D24FADNN, D24FADNNConfig)}
     try:
         from medad.models.pdd import PDD, PDDConfig
     except ImportError:
@@ -46,7 +59,7 @@ def build_model(method: str, teacher: str, config: dict[str, Any] | None = None,
 
 
 def load_trained_model(checkpoint: str | Path, teacher_weights: str | Path | None = "imagenet",
-                       expected_method: str | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+                       expected_method: str | tuple[str, ...] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained model of a checkpoint (file or run folder) and its metadata."""
     state, meta = load_model(checkpoint, expected_method)
     model = build_model(meta["method"], meta["teacher"], meta.get("config"), teacher_weights)

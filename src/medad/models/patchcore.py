@@ -30,8 +30,12 @@ class PatchCoreKShot:
     @torch.no_grad()
     def patch_features(self, images: torch.Tensor) -> torch.Tensor:
         """B×D×h×w locally aware patch features."""
-        features = self.teacher(images)[-2:]
-        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in features]
+        return self.patch_features_from(self.teacher(images))
+
+    @staticmethod
+    def patch_features_from(teacher_features: list[torch.Tensor]) -> torch.Tensor:
+        """Patch features from already computed teacher features (its two deepest stages)."""
+        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in teacher_features[-2:]]
         grid = pooled[0].shape[-2:]
         pooled[1] = F.interpolate(pooled[1], size=grid, mode="bilinear", align_corners=False)
         return torch.cat(pooled, dim=1)

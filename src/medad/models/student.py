@@ -18,10 +18,24 @@ from torch import nn
 from medad.backbones.base import FeatureStage
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+#: normalisation layers a student can use: BatchNorm (RD4AD's) or GroupNorm, which behaves the same in
+#: training and scoring and does not depend on the batch's composition (few-shot episodes are single-task)
+NORMS = ("batch", "group")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm2d, or GroupNorm with the largest of 8/4/2/1 groups that divides ``channels``."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(next(g for g in (8, 4, 2, 1) if channels % g == 0), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
+        norm_layer(norm, out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -34,57 +48,58 @@ BOTTLENECK_WIDTH = 256
 class ResidualBlock(nn.Module):
     """A residual block ``in_channels → out_channels`` (stride 1 or 2), basic or bottleneck by width."""
 
-    def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1) -> None:
+    def __init__(self, in_channels: int, out_channels: int | None = None, stride: int = 1,
+                 norm: str = "batch") -> None:
         super().__init__()
         out_channels = out_channels or in_channels
         if out_channels >= BOTTLENECK_WIDTH:
             mid = out_channels // 4
             self.body = nn.Sequential(
-                nn.Conv2d(in_channels, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-                _conv_bn_relu(mid, mid, stride),
-                nn.Conv2d(mid, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels),
+                nn.Conv2d(in_channels, mid, 1, bias=False), norm_layer(norm, mid), nn.ReLU(inplace=True),
+                _conv_bn_relu(mid, mid, stride, norm),
+                nn.Conv2d(mid, out_channels, 1, bias=False), norm_layer(norm, out_channels),
             )
         else:
             self.body = nn.Sequential(
-                _conv_bn_relu(in_channels, out_channels, stride),
+                _conv_bn_relu(in_channels, out_channels, stride, norm),
                 nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
+                norm_layer(norm, out_channels),
             )
         self.shortcut = (nn.Identity() if in_channels == out_channels and stride == 1 else
                          nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(out_channels)))
+                                       norm_layer(norm, out_channels)))
         self.activation = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.shortcut(x) + self.body(x))
 
 
-def _downsampler(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
+def _downsampler(in_channels: int, out_channels: int, factor: int, norm: str = "batch") -> nn.Sequential:
     """Strided 3×3 convolutions reducing resolution by ``factor`` (a power of two)."""
     steps = int(math.log2(factor))
     if 2**steps != factor:
         raise ValueError(f"stride ratio {factor} between teacher stages is not a power of two")
     if steps == 0:
-        return _conv_bn_relu(in_channels, out_channels)
-    layers = [_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, stride=2) for i in range(steps)]
+        return _conv_bn_relu(in_channels, out_channels, norm=norm)
+    layers = [_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, 2, norm) for i in range(steps)]
     return nn.Sequential(*layers)
 
 
 class Bottleneck(nn.Module):
     """Multi-scale fusion of teacher stages into one compact embedding (RD4AD's OCBE)."""
 
-    def __init__(self, stages: list[FeatureStage], embedding_channels: int | None = None) -> None:
+    def __init__(self, stages: list[FeatureStage], embedding_channels: int | None = None, norm: str = "batch") -> None:
         super().__init__()
         deepest = stages[-1]
         self.embedding_channels = embedding_channels or 2 * deepest.channels
         self.align = nn.ModuleList(
-            [_downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride) for stage in stages]
+            [_downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride, norm) for stage in stages]
         )
         fused = deepest.channels * len(stages)
-        first = (ResidualBlock(fused, self.embedding_channels, stride=2)
+        first = (ResidualBlock(fused, self.embedding_channels, stride=2, norm=norm)
                  if self.embedding_channels >= BOTTLENECK_WIDTH
-                 else _conv_bn_relu(fused, self.embedding_channels, stride=2))
-        self.compress = nn.Sequential(first, ResidualBlock(self.embedding_channels))
+                 else _conv_bn_relu(fused, self.embedding_channels, stride=2, norm=norm))
+        self.compress = nn.Sequential(first, ResidualBlock(self.embedding_channels, norm=norm))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         aligned = [align(feature) for align, feature in zip(self.align, features)]
@@ -94,7 +109,8 @@ class Bottleneck(nn.Module):
 class Decoder(nn.Module):
     """Student decoder: embedding → one feature map per teacher stage (shallow → deep)."""
 
-    def __init__(self, stages: list[FeatureStage], embedding_channels: int, blocks_per_stage: int = 2) -> None:
+    def __init__(self, stages: list[FeatureStage], embedding_channels: int, blocks_per_stage: int = 2,
+                 norm: str = "batch") -> None:
         super().__init__()
         self.ups = nn.ModuleList()
         self.refine = nn.ModuleList()
@@ -102,15 +118,15 @@ class Decoder(nn.Module):
         for stage in reversed(stages):
             factor = in_stride // stage.stride
             if factor == 1:
-                up = _conv_bn_relu(in_channels, stage.channels)
+                up = _conv_bn_relu(in_channels, stage.channels, norm=norm)
             else:
                 up = nn.Sequential(
                     nn.ConvTranspose2d(in_channels, stage.channels, factor, stride=factor, bias=False),
-                    nn.BatchNorm2d(stage.channels),
+                    norm_layer(norm, stage.channels),
                     nn.ReLU(inplace=True),
                 )
             self.ups.append(up)
-            self.refine.append(nn.Sequential(*[ResidualBlock(stage.channels) for _ in range(blocks_per_stage)],
+            self.refine.append(nn.Sequential(*[ResidualBlock(stage.channels, norm=norm) for _ in range(blocks_per_stage)],
                                              nn.Conv2d(stage.channels, stage.channels, 1)))
             in_channels, in_stride = stage.channels, stage.stride
 
@@ -128,10 +144,10 @@ class Decoder(nn.Module):
 class Student(nn.Module):
     """Bottleneck + decoder: teacher features → reconstructed teacher features."""
 
-    def __init__(self, stages: list[FeatureStage], blocks_per_stage: int = 2) -> None:
+    def __init__(self, stages: list[FeatureStage], blocks_per_stage: int = 2, norm: str = "batch") -> None:
         super().__init__()
-        self.bottleneck = Bottleneck(stages)
-        self.decoder = Decoder(stages, self.bottleneck.embedding_channels, blocks_per_stage)
+        self.bottleneck = Bottleneck(stages, norm=norm)
+        self.decoder = Decoder(stages, self.bottleneck.embedding_channels, blocks_per_stage, norm)
 
     def forward(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
         return self.decoder(self.bottleneck(teacher_features))
