@@ -74,16 +74,18 @@ def test_fewshot_train_evaluate_score(tmp_path, phantom_head, phantom_chest, cap
     first = json.loads((tmp_path / "scored" / "scores.json").read_text())
     assert first["threshold"] is not None and len(first["images"]) == len(phantom_head.test)
     assert len(list(cache.glob("*.safetensors"))) == 1
-    assert main(args) == 0  # second call reuses the cached support features
+    assert main([*args, "--overwrite"]) == 0  # second call reuses the cached support features
     second = json.loads((tmp_path / "scored" / "scores.json").read_text())
     assert [r["score"] for r in first["images"]] == pytest.approx([r["score"] for r in second["images"]], abs=1e-5)
-    with pytest.raises(SystemExit, match="was used to train"):
-        main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_chest.root), "--k", "2"])
+    capsys.readouterr()
+    assert main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_chest.root),
+                 "--k", "2"]) == 2
+    assert "was used to train" in capsys.readouterr().err
     assert main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_head.root),
-                 "--k", "64", "--draws", "1"]) == 2
+                 "--k", "64", "--draws", "1", "--overwrite"]) == 2
     assert "K=64 support images requested but only 12" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SystemExit, match="no image files"):
-        main(["fewshot", "score", "--checkpoint", str(model_dir), "--support", str(phantom_head.root / "train"),
-              "--query", str(empty), "--out", str(tmp_path / "x")])
+    assert main(["fewshot", "score", "--checkpoint", str(model_dir), "--support", str(phantom_head.root / "train"),
+                 "--query", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert "--query" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -165,12 +165,18 @@ def test_unreadable_inputs_are_clear_messages(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     report_cmd.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cli")])
-    assert args.func(args) == 2
-    captured = capsys.readouterr()
-    assert "none of the inputs could be read" in captured.err and "no such file or folder" in captured.out
     args = parser.parse_args(["report", str(_results_file(tmp_path / "tiny.json")), "--out", str(tmp_path / "cli")])
     assert args.func(args) == 0 and (tmp_path / "cli" / "index.html").is_file()
+
+
+def test_report_of_a_missing_path_is_an_error_and_writes_nothing(tmp_path, capsys):
+    """Defect: `medad report nothere` wrote an index.html and never said the path was missing."""
+    from medad.cli.main import main
+
+    assert main(["report", str(tmp_path / "nothere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medad: error: RUN_OR_RESULTS") and "nothere: no such file or folder" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
 
 
 def test_fewshot_evaluate_writes_scores_weights_heatmaps_and_report(tmp_path, phantom_head, phantom_chest):

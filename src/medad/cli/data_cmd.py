@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = check_task(args.target, root=args.root, seed=args.seed, dedupe=args.dedupe)
     except (TaskLayoutError, ImageReadError, FileNotFoundError, KeyError) as exc:
-        print(f"medad data check: {exc}", file=sys.stderr)
+        print(f"medad: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if args.json_out == "-":
         json.dump(report, sys.stdout, indent=1)
