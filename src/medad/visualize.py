@@ -3,7 +3,8 @@
 Each figure shows the input at its original resolution (the long side scaled into
 [:data:`MIN_SIDE`, :data:`MAX_SIDE`] pixels, aspect ratio kept) beside the same image with the anomaly map
 (resized back from the model's square input to the image's shape) blended over it, a colour bar of the
-map's values, and a caption with the image's name, its score and, given a threshold, the verdict.  The
+map's values, and a caption with the image's name (its end, when too long), its score and, given a threshold,
+the verdict.  The
 caption is also stored as the PNG's ``Description``.  Drawn with Pillow (a few milliseconds a figure).
 """
 
@@ -76,13 +77,13 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _fit(text: str, font, width: float) -> str:
-    """``text`` shortened with '…' to fit ``width`` pixels."""
+def _fit(text: str, font, width: float, keep_end: bool) -> str:
+    """``text`` shortened with '…' to fit ``width`` pixels, keeping its end (paths) or its start."""
     if font.getlength(text) <= width:
         return text
     while text and font.getlength(text + "…") > width:
-        text = text[:-1]
-    return text + "…"
+        text = text[1:] if keep_end else text[:-1]
+    return "…" + text if keep_end else text + "…"
 
 
 def _colour_bar(height: int) -> np.ndarray:
@@ -115,7 +116,8 @@ def save_heatmap_figure(path: str | Path, image: np.ndarray, amap: np.ndarray, v
         draw.text((bar_left + _BAR + 5, y), f"{vmin + fraction * (vmax - vmin):.3g}", fill="black", font=small,
                   anchor="lm" if 6 < y - top < height - 6 else ("lt" if y - top <= 6 else "lb"))
     for row, line in enumerate(lines):
-        draw.text((_PAD, _PAD + row * _LINE), _fit(line, font, fig_w - 2 * _PAD), fill="black", font=font)
+        draw.text((_PAD, _PAD + row * _LINE), _fit(line, font, fig_w - 2 * _PAD, keep_end=row == 0), fill="black",
+                  font=font)
     info = PngInfo()
     info.add_text("Description", caption)
     with atomic_path(path) as tmp:
