@@ -83,7 +83,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--no-report", dest="no_report", action="store_true", help="skip the HTML report")
     evaluate.add_argument("--overwrite", action="store_true", help="replace this task's earlier results in --out")
     evaluate.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
-                          help="skip unreadable files of the task with a warning; listed in OUT/skipped_files.csv")
+                          help="skip unreadable files of the task with a warning; listed in the metrics JSON")
     add_quiet_option(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 
@@ -216,8 +216,8 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
     options = {key: value for key, value in vars(args).items() if key != "func"}
     run.write_json(fewshot_metrics_file(task.name),
                    {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
-                    "records": records, "summary": summary})
-    run.write_skipped([(str(s.path), s.reason) for s in task.skipped])
+                    "records": records, "summary": summary,
+                    "skipped": [{"path": str(s.path), "reason": s.reason} for s in task.skipped]})
     if not args.no_report:
         write_run_report(run.path, f"medad fewshot evaluate: {task.name}")
 

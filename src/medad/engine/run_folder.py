@@ -97,9 +97,9 @@ def fewshot_heatmaps_dir(task: str, k: int | str) -> str:
 
 
 def fewshot_outputs(task: str) -> tuple[str, ...]:
-    """Glob patterns of what ``medad fewshot evaluate`` writes for one task."""
+    """Glob patterns of what ``medad fewshot evaluate`` writes for one task (the folder's report is shared)."""
     return (fewshot_metrics_file(task), fewshot_scores_file(task, "*", "*"), support_weights_file(task, "*", "*"),
-            fewshot_heatmaps_dir(task, "*"), SKIPPED_FILE, REPORT_DIR)
+            fewshot_heatmaps_dir(task, "*"))
 
 
 ALL_OUTPUTS = (*TRAINING_FILES, *EVALUATE_OUTPUTS, *PREDICT_OUTPUTS, *DEMO_OUTPUTS, *fewshot_outputs("*"))
