@@ -75,7 +75,16 @@ def test_runs_that_fail_at_once_leave_no_folder(tmp_path, phantom_head, capsys):
     assert "Traceback" not in err and not (tmp_path / "nan").exists()
 
 
-def test_ctrl_c_stops_cleanly_and_resume_is_exact(tmp_path, phantom_head, capsys):
+@pytest.fixture()
+def one_thread():
+    """The interrupted run trains in a one-thread subprocess; runs compared with it bit for bit must too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_ctrl_c_stops_cleanly_and_resume_is_exact(tmp_path, phantom_head, capsys, one_thread):
     """Defects: Ctrl-C printed a traceback from inside torch.save, left model and state at different epochs,
     and resume re-ran an epoch; a second run into the same folder also ran."""
     out = tmp_path / "run"
