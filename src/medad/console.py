@@ -22,10 +22,6 @@ def set_quiet(quiet: bool) -> None:
     _quiet = bool(quiet)
 
 
-def is_quiet() -> bool:
-    return _quiet
-
-
 def info(message: str) -> None:
     """A result line on stdout (silent under ``--quiet``)."""
     if not _quiet:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from medad.console import progress
 
 from medad.backbones.base import Teacher
+from medad.console import progress
 from medad.io_utils import atomic_path
 
 

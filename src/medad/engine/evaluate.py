@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from medad.console import progress
 
+from medad.console import progress
 from medad.metrics import image_metrics, pixel_metrics
 
 

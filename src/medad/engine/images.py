@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from medad.console import progress
 
+from medad.console import progress
 from medad.data.dataset import SampleDataset
 from medad.data.tasks import Sample
 

@@ -317,7 +317,7 @@ class RunFolder:
 
     def start(self, config: dict[str, Any]) -> None:
         """Begin a validated training run: remove the old run if overwriting, then write ``config.json``."""
-        if getattr(self, "_overwrite", False):
+        if self._overwrite:
             self.remove(self.holds(ALL_OUTPUTS))
         write_json(self.file(CONFIG_FILE), config)
 
