@@ -17,7 +17,7 @@ from medad.cli.common import (add_input_options, add_quiet_option, parse_model_o
 from medad.cli.errors import CliError
 from medad.cli.inputs import load_inputs
 from medad.cli.predictions import print_predictions, score_inputs, write_predictions
-from medad.cli.run_cmd import checkpoint_folder, format_metrics
+from medad.cli.run_cmd import evaluation_folder, format_metrics
 from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.evaluate import evaluate_rows
@@ -149,7 +149,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
 
-    run = RunFolder(args.out or checkpoint_folder(args.checkpoint), flag="--out" if args.out else "--checkpoint")
+    run = evaluation_folder(args)
     run.check_writable()
     model, meta = load_trained_model(args.checkpoint, args.weights, expected_method="d24fad")
     task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)

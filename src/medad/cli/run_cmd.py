@@ -129,15 +129,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def checkpoint_folder(checkpoint: str) -> Path:
-    path = Path(checkpoint)
-    return path if path.is_dir() else path.parent
+def evaluation_folder(args: argparse.Namespace) -> RunFolder:
+    """Where evaluation results go: ``--out``, by default the checkpoint's folder."""
+    if args.out:
+        return RunFolder(args.out)
+    path = Path(args.checkpoint)
+    return RunFolder(path if path.is_dir() else path.parent, flag="--out (default: the checkpoint's folder)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_sample_image, load_task
 
-    run = RunFolder(args.out or checkpoint_folder(args.checkpoint), flag="--out" if args.out else "--checkpoint")
+    run = evaluation_folder(args)
     with run.for_outputs("evaluate", EVALUATE_OUTPUTS, overwrite=args.overwrite):
         model, meta = load_trained_model(args.checkpoint, args.weights)
         if meta["method"] == "d24fad":

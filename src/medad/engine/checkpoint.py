@@ -55,7 +55,8 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; give a run folder holding {MODEL_FILE} or the "
+                              ".safetensors file itself")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
