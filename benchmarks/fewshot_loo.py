@@ -49,10 +49,11 @@ PAPER = "d24fad"
 #: variants of the trained default model that differ only in scoring (no retraining)
 SCORING_ABLATIONS = {
     "d24fad_nn[support-map]": {"maps": ["support"]},
-    "d24fad_nn[tsd-map]": {"maps": ["tsd"]},
     "d24fad_nn[teacher-nn-map]": {"maps": ["teacher_nn"]},
-    "d24fad_nn[support+teacher-nn]": {"maps": ["support", "teacher_nn"]},
+    "d24fad_nn[tsd-map]": {"maps": ["tsd"]},
+    "d24fad_nn[+tsd-map]": {"maps": ["support", "tsd", "teacher_nn"]},
     "d24fad_nn[raw-sum]": {"normalise": False},
+    "d24fad_nn[max-score]": {"score": "max"},
     "d24fad_nn[min-over-k]": {"temperature": 1e-3},
     "d24fad_nn[flip-supports]": {"augment": "flip"},
 }

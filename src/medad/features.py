@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from medad.backbones.base import Teacher
+from medad.console import progress
 from medad.io_utils import atomic_path
 
 
@@ -90,6 +90,6 @@ def stack_features(cache: FeatureCache, images: torch.Tensor, batch_size: int = 
                    desc: str = "teacher features") -> list[torch.Tensor]:
     """Features of N images (N×3×H×W) as one N×C×h×w tensor per stage, in batches with a progress bar."""
     chunks: list[list[torch.Tensor]] = []
-    for start in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
+    for start in progress(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
         chunks.append(cache.features(images[start:start + batch_size]))
     return [torch.cat([chunk[stage] for chunk in chunks]) for stage in range(len(chunks[0]))]

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from medad.engine.run_folder import (DEMO_FILE, FEWSHOT_HEATMAPS, FEWSHOT_METRICS_PREFIX, FEWSHOT_SCORES,
+                                     FEWSHOT_WEIGHTS, HEATMAP_INDEX, HEATMAPS_DIR, METRICS_FILE, SCORES_CSV,
+                                     fewshot_heatmaps_dir, fewshot_scores_file, support_weights_file)
 from medad.io_utils import atomic_path, write_text
 from medad.visualize import heatmap_file_stems
 
@@ -39,11 +42,7 @@ METRICS = [("image_auroc", "image AUROC"), ("image_ap", "image AP"), ("image_f1m
            ("pixel_auroc", "pixel AUROC"), ("pixel_aupro", "pixel AUPRO")]
 NORMAL_COLOUR, ABNORMAL_COLOUR = "#1f77b4", "#d62728"
 HEATMAPS_PER_SIDE = 8
-HEATMAP_INDEX = "index.csv"
 MAX_WEIGHT_QUERIES = 24
-_FEWSHOT_SCORES = re.compile(r"^scores_(?P<task>.+)_k(?P<k>\d+)_d(?P<draw>\d+)\.csv$")
-_FEWSHOT_WEIGHTS = re.compile(r"^support_weights_(?P<task>.+)_k(?P<k>\d+)_d(?P<draw>\d+)\.json$")
-_FEWSHOT_HEATMAPS = re.compile(r"^heatmaps_(?P<task>.+)_k(?P<k>\d+)$")
 
 
 # ----- collected inputs ------------------------------------------------------------------------------------------
@@ -218,9 +217,9 @@ def _read_run_folder(folder: Path, inputs: ReportInputs) -> bool:
     """Add what a run folder holds; False when it holds nothing a report can use."""
     found = False
     name = folder.name or str(folder)
-    metrics_file = folder / "metrics.json"
-    demo_file = folder / "demo.json"
-    scores_file = folder / "scores.csv"
+    metrics_file = folder / METRICS_FILE
+    demo_file = folder / DEMO_FILE
+    scores_file = folder / SCORES_CSV
     if metrics_file.is_file() or demo_file.is_file():
         found = True
         is_demo = demo_file.is_file() and not metrics_file.is_file()
@@ -244,24 +243,24 @@ def _read_run_folder(folder: Path, inputs: ReportInputs) -> bool:
             inputs.score_sets.append(scored)
         else:
             inputs.notes.append(f"{folder}: no scores.csv, so no ROC curve or score distribution for this run")
-        if (folder / "heatmaps").is_dir():
-            heat = _heatmap_set(folder / "heatmaps", name, task, series, scored, inputs.notes)
+        if (folder / HEATMAPS_DIR).is_dir():
+            heat = _heatmap_set(folder / HEATMAPS_DIR, name, task, series, scored, inputs.notes)
             if heat:
                 inputs.heatmaps.append(heat)
         else:
             inputs.notes.append(f"{folder}: no heatmaps/ folder (run `medad evaluate --heatmaps` to get one)")
-    for fewshot_file in sorted(folder.glob("fewshot_metrics_*.json")):
+    for fewshot_file in sorted(folder.glob(f"{FEWSHOT_METRICS_PREFIX}*.json")):
         found = True
         data = _read_json(fewshot_file)
-        task = data.get("task") or fewshot_file.stem.removeprefix("fewshot_metrics_")
+        task = data.get("task") or fewshot_file.stem.removeprefix(FEWSHOT_METRICS_PREFIX)
         checkpoint = data.get("checkpoint") or {}
         records = [_record_from_run({**record, "checkpoint": checkpoint}, checkpoint.get("method", "d24fad"), task,
                                     record.get("k"), record.get("support_draw")) for record in data.get("records", [])]
         inputs.results.append(ResultSource(f"few-shot run {name} · {task}", fewshot_file, records,
                                            info={"command": _command_line(data), "created": data.get("created")}))
         found_scores: dict[int, ScoreSet] = {}
-        for path in sorted(folder.glob(f"scores_{task}_k*_d*.csv"), key=_k_draw_key):
-            match = _FEWSHOT_SCORES.match(path.name)
+        for path in sorted(folder.glob(fewshot_scores_file(task, "*", "*")), key=_k_draw_key):
+            match = FEWSHOT_SCORES.match(path.name)
             if not match or match.group("task") != task:
                 continue
             k, draw = int(match.group("k")), int(match.group("draw"))
@@ -272,8 +271,8 @@ def _read_run_folder(folder: Path, inputs: ReportInputs) -> bool:
         if not found_scores:
             inputs.notes.append(f"{folder}: no per-image scores for {task} (scores_{task}_k<K>_d<draw>.csv; "
                                 "written by `medad fewshot evaluate` since reports exist)")
-        for path in sorted(folder.glob(f"support_weights_{task}_k*_d*.json"), key=_k_draw_key):
-            match = _FEWSHOT_WEIGHTS.match(path.name)
+        for path in sorted(folder.glob(support_weights_file(task, "*", "*")), key=_k_draw_key):
+            match = FEWSHOT_WEIGHTS.match(path.name)
             if not match or match.group("task") != task:
                 continue
             weights = _read_json(path)
@@ -284,8 +283,8 @@ def _read_run_folder(folder: Path, inputs: ReportInputs) -> bool:
                                             None if labels is None else np.asarray(labels, dtype=int),
                                             None if scores is None else np.asarray(scores, dtype=float),
                                             np.asarray(weights["weights"], dtype=float)))
-        for heat_dir in sorted(p for p in folder.glob(f"heatmaps_{task}_k*") if p.is_dir()):
-            match = _FEWSHOT_HEATMAPS.match(heat_dir.name)
+        for heat_dir in sorted(p for p in folder.glob(fewshot_heatmaps_dir(task, "*")) if p.is_dir()):
+            match = FEWSHOT_HEATMAPS.match(heat_dir.name)
             if not match or match.group("task") != task:
                 continue
             k = int(match.group("k"))
@@ -320,8 +319,8 @@ def collect_inputs(paths: list[str | Path]) -> ReportInputs:
         path = Path(item)
         try:
             if path.is_file():
-                if path.suffix == ".csv" or path.name in ("metrics.json", "demo.json") or \
-                        path.name.startswith("fewshot_metrics_"):
+                if path.suffix == ".csv" or path.name in (METRICS_FILE, DEMO_FILE) or \
+                        path.name.startswith(FEWSHOT_METRICS_PREFIX):
                     if not _read_run_folder(path.parent, inputs):
                         inputs.notes.append(f"{path}: not a run output medad recognises")
                     else:

@@ -53,6 +53,8 @@ def test_config_rejects_unknown_maps_and_augmentations():
         D24FADNNConfig(maps=("support", "magic"))
     with pytest.raises(ValueError, match="augment"):
         D24FADNNConfig(augment="rotate")
+    with pytest.raises(ValueError, match="score"):
+        D24FADNNConfig(score="median")
     with pytest.raises(ValueError, match="lambda"):
         D24FADNNConfig(lambda_tsd=0.0, lambda_ssd=0.0)
 
@@ -113,7 +115,7 @@ def test_lesions_score_above_normals_and_normalisation_uses_supports_only(traine
     tsd_only.load_learnable_state_dict(model.learnable_state_dict())
     assert evaluate_fewshot(tsd_only.eval(), supports, test, labels).metrics["image_auroc"] > 0.75  # it learned
     bank = model.prepare_supports(supports)
-    assert bank.stats.shape == (3, 2) and (bank.stats[:, 1] > 0).all()
+    assert bank.stats.shape == (2, 2) and (bank.stats[:, 1] > 0).all()
     again = model.prepare_supports(supports)  # statistics depend on the supports alone
     assert torch.equal(bank.stats, again.stats)
     restored = SupportBank.from_tensors(bank.to_tensors())
@@ -130,7 +132,7 @@ def test_checkpoint_round_trip_through_the_factory(trained, tmp_path, phantom_im
     model, _ = trained
     save_model(tmp_path / "model.safetensors", model.learnable_state_dict(), {**model.meta(), "image_size": 64})
     loaded, meta = load_trained_model(tmp_path, expected_method=("d24fad_nn",))
-    assert meta["config"]["maps"] == ["support", "tsd", "teacher_nn"]
+    assert meta["config"]["maps"] == ["support", "teacher_nn"] and meta["config"]["score"] == "top5+mean"
     supports = phantom_images["phantom_head"][:3]
     queries = phantom_images["phantom_head"][3:6]
     assert torch.allclose(loaded.predict(queries, loaded.prepare_supports(supports))[1],

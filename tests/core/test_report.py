@@ -165,22 +165,26 @@ def test_unreadable_inputs_are_clear_messages(tmp_path, capsys):
 
     parser = argparse.ArgumentParser()
     report_cmd.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "cli")])
-    assert args.func(args) == 2
-    captured = capsys.readouterr()
-    assert "none of the inputs could be read" in captured.err and "no such file or folder" in captured.out
     args = parser.parse_args(["report", str(_results_file(tmp_path / "tiny.json")), "--out", str(tmp_path / "cli")])
     assert args.func(args) == 0 and (tmp_path / "cli" / "index.html").is_file()
 
 
-def test_fewshot_evaluate_writes_scores_weights_heatmaps_and_report(tmp_path, phantom_head, phantom_chest):
+def test_report_of_a_missing_path_is_an_error_and_writes_nothing(tmp_path, capsys):
+    """Defect: `medad report nothere` wrote an index.html and never said the path was missing."""
+    from medad.cli.main import main
+
+    assert main(["report", str(tmp_path / "nothere"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medad: error: RUN_OR_RESULTS") and "nothere: no such file or folder" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+def test_fewshot_evaluate_writes_scores_weights_heatmaps_and_report(tmp_path, phantom_head, fewshot_checkpoint):
     from medad.cli.main import main
 
     model_dir = tmp_path / "fs"
-    assert main(["fewshot", "train", "--tasks", str(phantom_chest.root), "--out", str(model_dir),
-                 "--epochs", "1", "--image-size", "64", "--k", "2", "--batch-size", "4"]) == 0
-    assert main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_head.root),
-                 "--k", "2", "--draws", "2"]) == 0
+    assert main(["fewshot", "evaluate", "--checkpoint", str(fewshot_checkpoint), "--task", str(phantom_head.root),
+                 "--k", "2", "--draws", "2", "--out", str(model_dir)]) == 0
     task = json.loads(next(model_dir.glob("fewshot_metrics_*.json")).read_text())["task"]
     for draw in range(2):
         with (model_dir / f"scores_{task}_k2_d{draw}.csv").open() as handle:
@@ -202,6 +206,6 @@ def test_fewshot_evaluate_writes_scores_weights_heatmaps_and_report(tmp_path, ph
     assert "Not available" not in page and len(_embedded_pngs(page)) == 4  # ROC, distributions, heat maps, weights
 
     out = tmp_path / "no_report"
-    assert main(["fewshot", "evaluate", "--checkpoint", str(model_dir), "--task", str(phantom_head.root),
+    assert main(["fewshot", "evaluate", "--checkpoint", str(fewshot_checkpoint), "--task", str(phantom_head.root),
                  "--k", "2", "--draws", "1", "--out", str(out), "--no-report"]) == 0
     assert (out / f"scores_{task}_k2_d0.csv").is_file() and not (out / "report").exists()

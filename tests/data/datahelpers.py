@@ -34,7 +34,8 @@ def grey_image(seed: int, h=24, w=32) -> np.ndarray:
 
 
 def write_dicom(path: Path, arr: np.ndarray, *, photometric="MONOCHROME2", slope=None,
-                intercept=None, center=None, width=None, pixel_data=True) -> Path:
+                intercept=None, center=None, width=None, pixel_data=True, **tags) -> Path:
+    """A minimal CT DICOM file; ``tags`` set further attributes (ImagePositionPatient, …)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -63,6 +64,8 @@ def write_dicom(path: Path, arr: np.ndarray, *, photometric="MONOCHROME2", slope
     if center is not None:
         ds.WindowCenter = center
         ds.WindowWidth = width
+    for name, value in tags.items():
+        setattr(ds, name, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
     return path

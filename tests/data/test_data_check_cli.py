@@ -72,3 +72,14 @@ def test_cli_list_and_no_subcommand(capsys):
     for name in ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr", "brats_slices"]:
         assert name in out
     assert data_cmd.run(_parse(["data"])) == 2
+
+
+def test_check_lists_every_unreadable_file(tmp_path, capsys):
+    """Defect: `data check` said "unreadable files: 6" and listed 5."""
+    root = _messy_task(tmp_path)
+    for index in range(6):
+        (root / "test" / "tumor" / f"broken{index}.png").write_bytes(b"\x89PNG\r\n")
+    assert data_cmd.run(_parse(["data", "check", str(root)])) == 1
+    printed = capsys.readouterr().out
+    assert "unreadable files: 7" in printed
+    assert sum(line.strip().startswith("! ") for line in printed.splitlines()) == 7

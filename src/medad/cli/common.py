@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import platform
 import sys
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,18 +14,24 @@ import numpy as np
 import torch
 import yaml
 
-from medad import __version__
-from medad.io_utils import write_json, write_text
-from medad.visualize import heatmap_file_stems, save_overlay_pair
+from medad import __version__, console
+from medad.cli.errors import CliError
+from medad.data.quality import MIN_SIDE
+from medad.engine.run_folder import REPORT_DIR, SCORES_CSV, SCORES_JSON, RunFolder
+from medad.engine.thresholds import Threshold
+from medad.visualize import heatmap_file_stems, save_heatmap_figure
 
 
 def load_yaml_config(path: str | None) -> dict[str, Any]:
     """Options from a YAML file (keys as the long flags, with '_' for '-')."""
     if not path:
         return {}
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise CliError(f"--config {path} cannot be read ({error})".replace("\n", " ")) from None
     if not isinstance(data, dict):
-        raise SystemExit(f"config file {path} must hold a mapping of option: value")
+        raise CliError(f"--config {path} must hold a mapping of option: value")
     return data
 
 
@@ -35,7 +40,8 @@ def resolve_options(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[
     config = load_yaml_config(getattr(args, "config", None))
     unknown = set(config) - set(defaults)
     if unknown:
-        raise SystemExit(f"unknown option(s) in {args.config}: {', '.join(sorted(unknown))}")
+        raise CliError(f"--config {args.config}: unknown option(s) {', '.join(sorted(unknown))}; known: "
+                       f"{', '.join(sorted(defaults))}")
     resolved = {}
     for key, default in defaults.items():
         value = getattr(args, key, None)
@@ -48,7 +54,7 @@ def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
     options = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise SystemExit(f"--model-option expects key=value, got {pair!r}")
+            raise CliError(f"--model-option expects KEY=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         options[key.strip()] = yaml.safe_load(value)
     return options
@@ -67,31 +73,30 @@ def run_record(command: str, options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_scores(out_dir: Path, paths: list[str], scores: np.ndarray, labels: list[int | None] | None = None,
-                 threshold: float | None = None) -> None:
-    """``scores.csv`` and ``scores.json`` with one row per image."""
-    rows = []
+def write_scores(run: RunFolder, paths: list[str], scores: np.ndarray, labels: list[int] | None = None) -> None:
+    """``scores.csv`` and ``scores.json`` with one row per image (and its label when known)."""
+    rows: list[dict[str, Any]] = []
     for index, (path, score) in enumerate(zip(paths, scores)):
-        row: dict[str, Any] = {"path": path, "score": float(score)}
-        if labels is not None:
-            row["label"] = labels[index]
-        if threshold is not None:
-            row["abnormal"] = bool(score > threshold)
-        rows.append(row)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["path", "score"])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(out_dir / "scores.csv", buffer.getvalue())
-    write_json(out_dir / "scores.json", {"threshold": threshold, "images": rows})
+        rows.append({"path": path, "score": float(score), **({"label": labels[index]} if labels is not None else {})})
+    columns = ["path", "score"] + (["label"] if labels is not None else [])
+    run.write_csv(SCORES_CSV, columns, ([row[c] for c in columns] for row in rows))
+    run.write_json(SCORES_JSON, {"threshold": None, "images": rows})
 
 
-def write_heatmaps(out_dir: Path, paths: list[str], images: torch.Tensor, maps: np.ndarray) -> None:
-    """One side-by-side PNG (image | overlay) per image, on a colour scale shared by all images."""
+def write_heatmaps(out_dir: Path, names: list[str], originals: Iterable[torch.Tensor], maps: np.ndarray,
+                   scores: np.ndarray, *, titles: list[str] | None = None, threshold: Threshold | None = None,
+                   labels: list[int] | None = None) -> None:
+    """One heat-map figure per image (``names`` give the file names, ``titles`` the captions' first lines;
+    ``originals`` the images at their own resolution), on a colour scale shared by all of them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
-    for name, image, amap in zip(heatmap_file_stems(paths), images.numpy(), maps):
-        save_overlay_pair(out_dir / f"{name}.png", image, amap, vmin, vmax)
+    for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores)):
+        lines = [(titles or names)[index], f"score {score:.4g}"]
+        if threshold is not None and threshold.value is not None:
+            lines[1] += f" · {threshold.verdict(score)}"
+        if labels is not None:
+            lines[1] += f" · label: {'abnormal' if labels[index] else 'normal'}"
+        save_heatmap_figure(out_dir / f"{stem}.png", image.numpy(), amap, vmin, vmax, "\n".join(lines))
 
 
 def write_run_report(out_dir: Path, title: str) -> None:
@@ -99,37 +104,42 @@ def write_run_report(out_dir: Path, title: str) -> None:
     try:
         from medad.report import build_report
 
-        report = build_report([out_dir], out_dir / "report", title=title)
-        print(f"report: {report.path}")
+        report = build_report([out_dir], out_dir / REPORT_DIR, title=title)
+        console.info(f"report: {report.path}")
     except Exception as error:  # noqa: BLE001 - a failed report must not hide the metrics
-        print(f"medad: warning: the report could not be written ({type(error).__name__}: {error})")
+        console.warn(f"the report could not be written ({type(error).__name__}: {error})")
 
 
-def collect_image_paths(inputs: list[str]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders."""
-    from medad.data.io import is_supported_file
-
-    paths: list[Path] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_supported_file(p))
-            if not found:
-                raise SystemExit(f"folder {path} contains no image files")
-            paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
-        else:
-            raise SystemExit(f"no such file or folder: {path}")
-    if not paths:
-        raise SystemExit("no input images given")
-    return paths
+def threshold_option(text: str) -> str | float:
+    """``--threshold``: 'auto', 'none' or a number."""
+    if text in ("auto", "none"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a number, got {text!r}") from None
 
 
-def load_paths(paths: list[Path], image_size: int) -> torch.Tensor:
-    """Images at the given paths as N×3×S×S."""
-    from medad.data.tasks import Sample
-    from medad.engine.images import load_images
+def percentile_option(text: str) -> float:
+    """``--threshold-percentile``: a number in (0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], got {text!r}")
+    return value
 
-    images, _ = load_images([Sample(path=p, label=0, kind="unlabelled") for p in paths], image_size)
-    return images
+
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only warnings and errors (results are in the output files)")
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    """--skip-unreadable and --allow-degenerate for commands that read images from the command line."""
+    parser.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
+                        help="skip unreadable or unsupported files (and images with NaN/Inf values) with a warning; "
+                             "they are listed in OUT/skipped_files.csv")
+    parser.add_argument("--allow-degenerate", dest="allow_degenerate", action="store_true",
+                        help=f"score images smaller than {MIN_SIDE} px on a side or constant (refused otherwise)")

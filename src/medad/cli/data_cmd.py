@@ -14,6 +14,8 @@ import argparse
 import json
 import sys
 
+from medad import console
+
 __all__ = ["add_parser", "run"]
 
 
@@ -37,7 +39,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also write the full report as JSON to OUT ('-' for stdout)")
     c.add_argument("--seed", type=int, default=0, help="split seed (unsplit layouts, volumes)")
     c.add_argument("--dedupe", choices=("train", "none"), default="train",
-                   help="remove training images duplicated in test/valid (default) or not")
+                   help="'train': remove training images duplicated in test/valid; 'none': keep them")
+    c.add_argument("--quiet", action="store_true", help="print nothing; the exit status tells (1: unreadable files)")
     sub.add_parser("list", help="list the registry tasks")
     p.set_defaults(func=run, _data_parser=p)
     return p
@@ -71,17 +74,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = check_task(args.target, root=args.root, seed=args.seed, dedupe=args.dedupe)
     except (TaskLayoutError, ImageReadError, FileNotFoundError, KeyError) as exc:
-        print(f"medad data check: {exc}", file=sys.stderr)
+        print(f"medad: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     if args.json_out == "-":
         json.dump(report, sys.stdout, indent=1)
         print()
     else:
-        print(format_check(report))
+        console.info(format_check(report))
         if args.json_out:
             with open(args.json_out, "w", encoding="utf-8") as fh:
                 json.dump(report, fh, indent=1)
-            print(f"\nreport written to {args.json_out}")
+            console.info(f"\nreport written to {args.json_out}")
     return 1 if report["unreadable"] else 0
 
 

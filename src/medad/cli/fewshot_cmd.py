@@ -3,29 +3,52 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from medad import console
 from medad.backbones import DEFAULT_TEACHER
-from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, run_record, write_heatmaps,
-                              write_run_report, write_scores)
-from medad.cli.run_cmd import format_metrics
+from medad.cli.common import (add_input_options, add_quiet_option, parse_model_options, percentile_option,
+                              run_record, threshold_option, write_heatmaps, write_run_report)
+from medad.cli.errors import CliError
+from medad.cli.inputs import load_inputs
+from medad.cli.predictions import print_predictions, score_inputs, write_predictions
+from medad.cli.run_cmd import evaluation_folder, format_metrics
+from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
 from medad.engine.checkpoint import MODEL_FILE
-from medad.engine.evaluate import evaluate_rows, predict_batches
-from medad.engine.fewshot import calibrate_threshold, draw_supports, encode_queries, train_fewshot
+from medad.engine.evaluate import evaluate_rows
+from medad.engine.fewshot import draw_supports, encode_queries, leave_one_out_scores, train_fewshot
 from medad.engine.images import load_images
+from medad.engine.run_folder import (HEATMAP_INDEX, PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
+                                     fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
+from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold, support_threshold
 from medad.engine.training import TrainConfig, seed_everything
 from medad.features import image_key
-from medad.io_utils import atomic_path, write_json, write_text
+from medad.io_utils import atomic_path
 from medad.models.factory import (DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, FEWSHOT_TRAINING, build_model,
                                   load_trained_model)
 from medad.visualize import heatmap_file_stems
+
+
+#: epochs, batch_size and max_queries_per_task default to the chosen method's budget (FEWSHOT_TRAINING)
+FEWSHOT_TRAIN_DEFAULTS = {"tasks": None, "method": DEFAULT_FEWSHOT_METHOD, "teacher": DEFAULT_TEACHER,
+                          "weights": "imagenet", "image_size": 128, "k": [2, 4, 8], "epochs": None,
+                          "batch_size": None, "lr": 0.005, "seed": 0, "max_queries_per_task": None,
+                          "model_options": {}, "data_root": None}
+
+
+def _budget(key: str) -> str:
+    return " (default: the method's: " + ", ".join(f"{method} {FEWSHOT_TRAINING[method][key]}"
+                                                   for method in FEWSHOT_METHODS) + ")"
+
+
+def _default(key: str) -> str:
+    value = FEWSHOT_TRAIN_DEFAULTS[key]
+    return f" (default: {' '.join(map(str, value)) if isinstance(value, list) else value})"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,94 +56,130 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = fewshot.add_subparsers(dest="fewshot_command", required=True)
 
     train = sub.add_parser("train", help="train one model on the normal images of several tasks")
-    train.add_argument("--tasks", nargs="+", required=True, help="registry names or folders")
-    train.add_argument("--out", required=True)
-    train.add_argument("--method", choices=FEWSHOT_METHODS, default=DEFAULT_FEWSHOT_METHOD,
-                       help=f"few-shot model (default {DEFAULT_FEWSHOT_METHOD}; d24fad = the paper's model)")
-    train.add_argument("--teacher", default=DEFAULT_TEACHER)
-    train.add_argument("--weights", default="imagenet")
-    train.add_argument("--image-size", dest="image_size", type=int, default=128)
-    train.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="support sizes drawn per batch")
-    train.add_argument("--epochs", type=int, help="default: the method's (d24fad_nn 32, d24fad 10)")
-    train.add_argument("--batch-size", dest="batch_size", type=int, help="queries per episode "
-                       "(default: the method's, d24fad_nn 8, d24fad 16)")
-    train.add_argument("--lr", type=float, default=0.005)
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--tasks", nargs="+", help="registry names or folders of the training tasks (required)")
+    train.add_argument("--out", required=True, help="run folder (checkpoint, config, logs)")
+    train.add_argument("--method", choices=FEWSHOT_METHODS,
+                       help="few-shot model; d24fad = the paper's model, kept for reproduction" + _default("method"))
+    train.add_argument("--teacher", help="teacher name" + _default("teacher"))
+    train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
+    train.add_argument("--image-size", dest="image_size", type=int,
+                       help="model input size in pixels, a multiple of the teacher's stride" + _default("image_size"))
+    train.add_argument("--k", nargs="+", type=int, help="support sizes drawn per batch" + _default("k"))
+    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + _budget("epochs"))
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="query images per episode" + _budget("batch_size"))
+    train.add_argument("--lr", type=float, help="Adam learning rate" + _default("lr"))
+    train.add_argument("--seed", type=int, help="seed of the splits, the initialisation and the episodes" + _default("seed"))
     train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
-                       help="queries per task and epoch (default: the method's, d24fad_nn 64, d24fad 256)")
-    train.add_argument("--model-option", action="append", metavar="KEY=VALUE")
-    train.add_argument("--data-root", dest="data_root")
-    train.add_argument("--no-cache", action="store_true")
-    train.add_argument("--resume", action="store_true")
+                       help="query images per task and epoch" + _budget("max_queries_per_task"))
+    train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                       help="model setting, repeatable (default: the method's defaults)")
+    train.add_argument("--data-root", dest="data_root",
+                       help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
+    train.add_argument("--no-cache", action="store_true", help="recompute the teacher every step")
+    add_run_options(train)
     train.set_defaults(func=run_train)
 
     evaluate = sub.add_parser("evaluate", help="K-shot evaluation on an unseen task over random support draws")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--task", required=True)
-    evaluate.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
-    evaluate.add_argument("--draws", type=int, default=5)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--out", help="default: the checkpoint's folder")
-    evaluate.add_argument("--data-root", dest="data_root")
-    evaluate.add_argument("--weights", default="imagenet")
+    evaluate.add_argument("--checkpoint", required=True, help="few-shot run folder or model.safetensors")
+    evaluate.add_argument("--task", required=True, help="an unseen task: registry name or folder")
+    evaluate.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="support sizes to evaluate")
+    evaluate.add_argument("--draws", type=int, default=5, help="random support draws per K")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the split and the support draws")
+    evaluate.add_argument("--out", help="where metrics go (default: the checkpoint's folder)")
+    evaluate.add_argument("--data-root", dest="data_root",
+                          help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
+    evaluate.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     evaluate.add_argument("--no-report", dest="no_report", action="store_true", help="skip the HTML report")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace this task's earlier results in --out")
+    evaluate.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
+                          help="skip unreadable files of the task with a warning; listed in the metrics JSON")
+    add_quiet_option(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 
-    score = sub.add_parser("score", help="score query images of a new task against K normal support images")
-    score.add_argument("--checkpoint", required=True)
-    score.add_argument("--support", nargs="+", required=True, help="normal reference images or a folder")
-    score.add_argument("--query", nargs="+", required=True, help="images or folders to score")
-    score.add_argument("--out", required=True, help="scores.csv / scores.json go here")
-    score.add_argument("--heatmaps", help="folder for heat-map overlays")
-    score.add_argument("--threshold", default="auto",
-                       help="'auto' (calibrated on the supports), 'none', or a number")
-    score.add_argument("--support-cache", dest="support_cache", default=str(Path.home() / ".cache/medad/supports"))
-    score.add_argument("--weights", default="imagenet")
+    score = sub.add_parser(
+        "score", help="score query images or volumes of a new task against K normal support images",
+        description="Score 2-D images, NIfTI/MetaImage volumes and DICOM series (every slice with body content) "
+                    "against K normal support images.")
+    score.add_argument("--checkpoint", required=True, help="few-shot run folder or model.safetensors")
+    score.add_argument("--support", nargs="+", required=True, help="normal reference images, or folders of them")
+    score.add_argument("--query", nargs="+", required=True,
+                       help="image or volume files, or folders (searched recursively), to score")
+    score.add_argument("--out", required=True, help="folder for scores.csv / scores.json and anomaly-map volumes")
+    score.add_argument("--heatmaps", metavar="DIR", help="folder for heat-map figures (default: none)")
+    threshold = score.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=threshold_option,
+                           help="'auto' (the highest leave-one-out score of the supports), 'none', or a number "
+                                "(default: auto)")
+    threshold.add_argument("--threshold-from", dest="threshold_from", metavar="DIR",
+                           help="calibrate the threshold on held-out normal images in DIR (see --threshold-percentile)")
+    score.add_argument("--threshold-percentile", dest="threshold_percentile", type=percentile_option, default=95.0,
+                       help="percentile of the held-out normal scores used as the threshold")
+    score.add_argument("--support-cache", dest="support_cache", default=str(Path.home() / ".cache/medad/supports"),
+                       help="folder caching the supports' features per checkpoint")
+    score.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
+    score.add_argument("--overwrite", action="store_true", help="replace earlier scores in --out")
+    add_input_options(score)
+    add_quiet_option(score)
     score.set_defaults(func=run_score)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
 
-    for key, value in FEWSHOT_TRAINING[args.method].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    seed_everything(args.seed)
-    model = build_model(args.method, args.teacher, parse_model_options(args.model_option), args.weights)
-    tasks = [load_task(name, root=args.data_root, seed=args.seed) for name in args.tasks]
-    task_images = {task.name: load_images(task.train, args.image_size, desc=f"loading {task.name}")[0]
-                   for task in tasks}
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         use_cache=not args.no_cache)
-    out_dir = Path(args.out)
-    options = {key: value for key, value in vars(args).items() if key != "func"}
-    write_json(out_dir / "config.json", {**run_record("fewshot train", options), "model": model.meta(),
-                                         "n_train": {name: len(images) for name, images in task_images.items()}})
-    result = train_fewshot(model, task_images, config, ks=tuple(args.k),
-                           max_queries_per_task=args.max_queries_per_task, out_dir=out_dir, resume=args.resume)
-    write_json(out_dir / "train_log.json", {"epochs": result.epochs_done, "loss": result.history,
-                                            "train_seconds": result.train_seconds, "per_epoch": result.log})
-    print(f"trained {args.method} on {', '.join(task_images)}: {result.epochs_done} epochs, {result.train_seconds:.1f} s; "
-          f"checkpoint {out_dir / MODEL_FILE}")
+    args.model_options = parse_model_options(args.model_option) or None
+    run = RunFolder(args.out)
+    with run.for_training("fewshot train", resume=args.resume, overwrite=args.overwrite):
+        options = training_options(run, args, FEWSHOT_TRAIN_DEFAULTS)
+        options.update({key: value for key, value in FEWSHOT_TRAINING[options["method"]].items()
+                        if options.get(key) is None})
+        if not options["tasks"]:
+            raise CliError("medad fewshot train needs --tasks (registry names or folders)")
+        if args.resume and not epochs_left(run, options["epochs"]):
+            return 0
+        seed_everything(options["seed"])
+        model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
+        check_image_size(model, options["image_size"])
+        tasks = [load_task(name, root=options["data_root"], seed=options["seed"], skip_unreadable=args.skip_unreadable)
+                 for name in options["tasks"]]
+        task_images = {task.name: load_images(task.train, options["image_size"], desc=f"loading {task.name}")[0]
+                       for task in tasks}
+        config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
+                             seed=options["seed"], use_cache=not args.no_cache)
+        run.start(config_record(run, "fewshot train", options, args.resume, model=model.meta(),
+                                n_train={name: len(images) for name, images in task_images.items()}))
+        run.write_skipped([(str(s.path), s.reason) for task in tasks for s in task.skipped])
+        result = train_fewshot(model, task_images, config, ks=tuple(options["k"]),
+                               max_queries_per_task=options["max_queries_per_task"], out_dir=run.path,
+                               resume=args.resume)
+        run.write_train_log(result.epochs_done, result.history, result.train_seconds, result.log)
+    console.info(f"trained {options['method']} on {', '.join(task_images)}: {result.epochs_done} epochs, "
+                 f"{result.train_seconds:.1f} s; checkpoint {run.file(MODEL_FILE)}")
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
-    from medad.report import HEATMAP_INDEX
 
+    run = evaluation_folder(args)
+    run.check_writable()
     model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=FEWSHOT_METHODS)
-    task = load_task(args.task, root=args.data_root, seed=args.seed)
+    task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
     if task.name in meta.get("train_tasks", []):
-        raise SystemExit(f"task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
+        raise CliError(f"--task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
+    with run.for_outputs("fewshot evaluate", fewshot_outputs(task.name), overwrite=args.overwrite):
+        _evaluate_task(args, run, model, meta, task)
+    return 0
+
+
+def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, task) -> None:
+    from medad.data.tasks import load_sample_image
+
     size = meta["image_size"]
     normals, _ = load_images(task.train, size, desc=f"loading {task.name} normals")
     test_images, masks = load_images(task.test, size, desc=f"loading {task.name} test")
     labels = [sample.label for sample in task.test]
     paths = [str(sample.path) + (f"#slice{sample.slice_index}" if sample.slice_index is not None else "")
              for sample in task.test]
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint if Path(args.checkpoint).is_dir()
-                                                   else Path(args.checkpoint).parent)
     queries = encode_queries(model, test_images)  # the test images' features do not depend on the supports
     records = []
     for k in args.k:
@@ -138,44 +197,40 @@ def run_evaluate(args: argparse.Namespace) -> int:
             evaluation = evaluate_rows(score_rows, len(test_images), labels, masks, batch_size=32)
             support_paths = [str(task.train[i].path) for i in indices]
             records.append({"k": k, "support_draw": draw, "support": support_paths, **evaluation.metrics})
-            print(f"K={k} draw {draw}: " + format_metrics(task.name, evaluation.metrics))
-            table = io.StringIO()
-            writer = csv.writer(table)
-            writer.writerow(["path", "label", "score"])
-            writer.writerows((path, label, float(score)) for path, label, score in zip(paths, labels, evaluation.scores))
-            write_text(out_dir / f"scores_{task.name}_k{k}_d{draw}.csv", table.getvalue())
+            console.info(f"K={k} draw {draw}: " + format_metrics(task.name, evaluation.metrics))
+            run.write_csv(fewshot_scores_file(task.name, k, draw), ["path", "label", "score"],
+                          ((path, label, float(score)) for path, label, score in zip(paths, labels, evaluation.scores)))
             if weight_parts:
                 weights = torch.cat(weight_parts).cpu().numpy()
-                write_json(out_dir / f"support_weights_{task.name}_k{k}_d{draw}.json",
-                           {"task": task.name, "k": k, "support_draw": draw, "support": support_paths,
-                            "weights_are": "learned support weights per query (rows) and support (columns), "
-                                           "mean over the model's scales",
-                            "queries": paths, "labels": labels, "scores": [float(x) for x in evaluation.scores],
-                            "weights": np.round(weights, 6).tolist()})
+                run.write_json(support_weights_file(task.name, k, draw),
+                               {"task": task.name, "k": k, "support_draw": draw, "support": support_paths,
+                                "weights_are": "learned support weights per query (rows) and support (columns), "
+                                               "mean over the model's scales",
+                                "queries": paths, "labels": labels, "scores": [float(x) for x in evaluation.scores],
+                                "weights": np.round(weights, 6).tolist()})
             if draw == 0:  # the 8 least and 8 most anomalous test images, with an index of what each file shows
                 order = np.argsort(evaluation.scores, kind="stable")
                 shown = np.concatenate([order[:8], order[-8:]]) if len(order) > 16 else order
                 names = [f"{'abnormal' if labels[i] else 'normal'}_{Path(paths[i]).stem}" for i in shown]
-                heat_dir = out_dir / f"heatmaps_{task.name}_k{k}"
-                write_heatmaps(heat_dir, names, test_images[shown], evaluation.maps[shown])
-                table = io.StringIO()
-                writer = csv.writer(table)
-                writer.writerow(["file", "path", "label", "score"])
-                writer.writerows((f"{stem}.png", paths[i], labels[i], float(evaluation.scores[i]))
-                                 for stem, i in zip(heatmap_file_stems(names), shown))
-                write_text(heat_dir / HEATMAP_INDEX, table.getvalue())
+                heat_dir = run.file(fewshot_heatmaps_dir(task.name, k))
+                write_heatmaps(heat_dir, names, (load_sample_image(task.test[i]) for i in shown),
+                               evaluation.maps[shown], evaluation.scores[shown], titles=[paths[i] for i in shown],
+                               labels=[labels[i] for i in shown])
+                RunFolder(heat_dir).write_csv(HEATMAP_INDEX, ["file", "path", "label", "score"],
+                                              ((f"{stem}.png", paths[i], labels[i], float(evaluation.scores[i]))
+                                               for stem, i in zip(heatmap_file_stems(names), shown)))
     summary = {}
     for k in args.k:
         aurocs = [r["image_auroc"] for r in records if r["k"] == k]
         summary[str(k)] = {"image_auroc_mean": float(np.mean(aurocs)), "image_auroc_std": float(np.std(aurocs))}
-        print(f"{task.name} K={k}: AUROC {np.mean(aurocs):.4f} ± {np.std(aurocs):.4f} over {len(aurocs)} draws")
+        console.info(f"{task.name} K={k}: AUROC {np.mean(aurocs):.4f} ± {np.std(aurocs):.4f} over {len(aurocs)} draws")
     options = {key: value for key, value in vars(args).items() if key != "func"}
-    write_json(out_dir / f"fewshot_metrics_{task.name}.json",
-               {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
-                "records": records, "summary": summary})
+    run.write_json(fewshot_metrics_file(task.name),
+                   {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
+                    "records": records, "summary": summary,
+                    "skipped": [{"path": str(s.path), "reason": s.reason} for s in task.skipped]})
     if not args.no_report:
-        write_run_report(out_dir, f"medad fewshot evaluate: {task.name}")
-    return 0
+        write_run_report(run.path, f"medad fewshot evaluate: {task.name}")
 
 
 def _support_cache_file(cache_dir: Path, checkpoint: Path, images: torch.Tensor) -> Path:
@@ -197,30 +252,42 @@ def load_or_prepare_supports(model, checkpoint: Path, support_images: torch.Tens
 
 
 def run_score(args: argparse.Namespace) -> int:
-    checkpoint = Path(args.checkpoint)
-    checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
-    model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=FEWSHOT_METHODS)
-    support_paths = collect_image_paths(args.support)
-    query_paths = collect_image_paths(args.query)
-    size = meta["image_size"]
-    support_images = load_paths(support_paths, size)
-    query_images = load_paths(query_paths, size)
-    supports = load_or_prepare_supports(model, checkpoint_file, support_images, Path(args.support_cache))
-    threshold = None
-    if args.threshold == "auto":
-        threshold = calibrate_threshold(model, support_images) if len(support_images) >= 2 else None
-    elif args.threshold != "none":
-        threshold = float(args.threshold)
-    maps, scores = predict_batches(lambda rows: model.predict(query_images[rows], supports), len(query_images))
-    out_dir = Path(args.out)
-    write_scores(out_dir, [str(p) for p in query_paths], scores, threshold=threshold)
-    if args.heatmaps:
-        write_heatmaps(Path(args.heatmaps), [str(p) for p in query_paths], query_images, maps)
-    for path, score in zip(query_paths, scores):
-        flag = "" if threshold is None else ("  ABNORMAL" if score > threshold else "  normal")
-        print(f"{score:.5f}{flag}  {path}")
-    if threshold is not None:
-        print(f"threshold {threshold:.5f} (calibrated on {len(support_paths)} supports)" if args.threshold == "auto"
-              else f"threshold {threshold:.5f}")
-    return 0
+    run = RunFolder(args.out)
+    heatmaps = RunFolder(args.heatmaps, flag="--heatmaps") if args.heatmaps else None
+    with run.for_outputs("fewshot score", PREDICT_OUTPUTS, overwrite=args.overwrite):
+        if heatmaps is not None:
+            heatmaps.check_writable()
+        checkpoint = Path(args.checkpoint)
+        checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
+        model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=FEWSHOT_METHODS)
+        size = meta["image_size"]
+        read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}
+        support = load_inputs(args.support, size, flag="--support", **read)
+        if support.volumes:
+            raise CliError(f"--support: {support.volumes[0].source} is a volume; give normal 2-D reference images")
+        queries = load_inputs(args.query, size, flag="--query", **read)
+        support_images = support.tensor()
+        supports = load_or_prepare_supports(model, checkpoint_file, support_images, Path(args.support_cache))
 
+        def predict(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return model.predict(images, supports)
+
+        if args.threshold_from:
+            heldout = load_inputs([args.threshold_from], size, flag="--threshold-from", **read)
+            queries.skipped += heldout.skipped
+            threshold = heldout_threshold(score_inputs(heldout, predict).unit_scores(), args.threshold_percentile,
+                                          args.threshold_from)
+        elif args.threshold in (None, "auto"):
+            threshold = support_threshold(leave_one_out_scores(model, support_images) if len(support_images) > 1
+                                          else [])
+        elif args.threshold == "none":
+            threshold = no_threshold()
+        else:
+            threshold = fixed_threshold(args.threshold)
+        queries.skipped += support.skipped
+        scored = score_inputs(queries, predict)
+        record = {**run_record("fewshot score", {k: v for k, v in vars(args).items() if k != "func"}),
+                  "checkpoint": meta, "support": [str(image.path) for image in support.images]}
+        write_predictions(run, scored, threshold, heatmaps.path if heatmaps else None, record)
+    print_predictions(scored, threshold)
+    return 0

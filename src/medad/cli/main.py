@@ -1,19 +1,21 @@
-"""The ``medad`` command."""
+"""The ``medad`` command.  Exit codes: :mod:`medad.cli.errors` (and the README)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+import warnings
 
-from medad import __version__
+from medad import __version__, console
+from medad.cli.errors import EXIT_ERROR, EXIT_INTERRUPTED
+from medad.cli.parser import MedadParser
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> MedadParser:
     from medad.cli import data_cmd, demo_cmd, fewshot_cmd, report_cmd, run_cmd
 
-    parser = argparse.ArgumentParser(prog="medad", description="Anomaly detection in medical images by "
-                                     "knowledge distillation (RD4AD, D²4FAD few-shot, PDD).")
+    parser = MedadParser(prog="medad", description="Anomaly detection in medical images by "
+                         "knowledge distillation (RD4AD, D²4FAD few-shot, PDD).")
     parser.add_argument("--version", action="version", version=f"medad {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     data_cmd.add_parser(subparsers)
@@ -24,23 +26,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Python warnings (the data layer's, say) as one ``medad: warning:`` line."""
+    console.warn(_one_line(message))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from medad.backbones import MissingWeightsError
-    from medad.data.io import ImageReadError
+    from medad.cli.errors import CliError
+    from medad.data.io import ImageReadError, MissingDependencyError
     from medad.data.tasks import TaskLayoutError
     from medad.engine.checkpoint import CheckpointError
+    from medad.engine.run_folder import RunFolderError, TrainingInterrupted
 
+    handled = (CliError, RunFolderError, MissingWeightsError, CheckpointError, ImageReadError, TaskLayoutError,
+               MissingDependencyError, OSError)
+    console.set_quiet(getattr(args, "quiet", False))
     try:
-        return int(args.func(args) or 0)
-    except (MissingWeightsError, CheckpointError, ImageReadError, TaskLayoutError, FileNotFoundError) as error:
-        print(f"medad: error: {error}", file=sys.stderr)
-        return 2
-    except ValueError as error:  # bad settings or input (image size, K, teacher names, …)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except TrainingInterrupted as error:
+        print(f"medad: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("medad: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except handled as error:
+        print(f"medad: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except ValueError as error:  # bad settings or input (K, teacher names, a diverging loss, …)
         if os.environ.get("MEDAD_DEBUG"):
             raise
-        print(f"medad: error: {error} (set MEDAD_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 2
+        print(f"medad: error: {_one_line(error)} (set MEDAD_DEBUG=1 for the traceback)", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        console.set_quiet(False)
 
 
 if __name__ == "__main__":

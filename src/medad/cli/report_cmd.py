@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+from medad import console
+from medad.cli.common import add_quiet_option
+from medad.cli.errors import CliError
+from medad.engine.run_folder import RunFolder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,18 +21,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("inputs", nargs="+", metavar="RUN_OR_RESULTS",
                         help="run folders, benchmark result JSON files, or a folder of result files")
     report.add_argument("--out", required=True, help="folder for index.html and its PNGs")
-    report.add_argument("--title", help="page title (default 'medad report')")
+    report.add_argument("--title", help="page title (default: 'medad report')")
+    add_quiet_option(report)
     report.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from medad.report import build_report
 
-    report = build_report(args.inputs, args.out, title=args.title)
+    missing = [item for item in args.inputs if not Path(item).exists()]
+    if missing:
+        raise CliError(f"RUN_OR_RESULTS {', '.join(missing)}: no such file or folder; give run folders, benchmark "
+                       "result files or folders of them")
+    out = RunFolder(args.out)
+    out.check_writable()
+    with out.locked("report"):
+        report = build_report(args.inputs, out.path, title=args.title)
     for note in report.notes:
-        print(f"note: {note}")
+        console.info(f"note: {note}")
     if not report.read:
         print(f"medad: error: none of the inputs could be read, so {report.path} only says so", file=sys.stderr)
         return 2
-    print(f"report: {report.path} ({len(report.figures)} figures)")
+    console.info(f"report: {report.path} ({len(report.figures)} figures)")
     return 0

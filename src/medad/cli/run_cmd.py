@@ -5,16 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from medad import console
 from medad.backbones import DEFAULT_TEACHER
-from medad.cli.common import (collect_image_paths, load_paths, parse_model_options, resolve_options, run_record,
-                              write_heatmaps, write_run_report, write_scores)
+from medad.cli.common import (add_input_options, add_quiet_option, parse_model_options, percentile_option,
+                              run_record, write_heatmaps, write_run_report, write_scores)
+from medad.cli.errors import CliError
+from medad.cli.inputs import load_inputs
+from medad.cli.predictions import print_predictions, score_inputs, write_predictions
+from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
 from medad.engine.checkpoint import MODEL_FILE
-from medad.engine.evaluate import evaluate_images, predict_batches
+from medad.engine.evaluate import evaluate_images
 from medad.engine.images import load_images
+from medad.engine.run_folder import (EVALUATE_OUTPUTS, HEATMAPS_DIR, METRICS_FILE, PREDICT_OUTPUTS, RunFolder)
+from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
 from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache
-from medad.io_utils import write_json
 from medad.models.factory import FEWSHOT_METHODS, build_model, load_trained_model
 
 TRAIN_DEFAULTS = {"method": "rd4ad", "task": None, "teacher": DEFAULT_TEACHER, "weights": "imagenet",
@@ -22,46 +28,72 @@ TRAIN_DEFAULTS = {"method": "rd4ad", "task": None, "teacher": DEFAULT_TEACHER, "
                   "data_root": None, "cache_dir": None, "model_options": {}}
 
 
+def _default(key: str) -> str:
+    return f" (default: {TRAIN_DEFAULTS[key]})"
+
+
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train", help="train a one-class model on a task's normal images")
-    train.add_argument("--method", choices=["rd4ad", "pdd"])
+    train = subparsers.add_parser("train", help="train a one-class model on a task's normal images",
+                                  description="Train RD4AD or PDD on a task's normal images into a run folder. "
+                                              "Flags win over --config, which wins over the defaults.")
+    train.add_argument("--method", choices=["rd4ad", "pdd"], help="one-class method" + _default("method"))
     train.add_argument("--task", help="registry name (headct, brainmri, …) or a folder/CSV in a supported layout")
     train.add_argument("--out", required=True, help="run folder (checkpoint, config, logs)")
-    train.add_argument("--teacher", help=f"teacher name, 'a+b' for PDD (default {DEFAULT_TEACHER})")
-    train.add_argument("--weights", help="teacher weights file (default: the offline ImageNet lookup)")
-    train.add_argument("--image-size", dest="image_size", type=int)
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", dest="batch_size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--data-root", dest="data_root", help="folder holding the shared data sets")
-    train.add_argument("--cache-dir", dest="cache_dir", help="persist teacher features here across runs")
+    train.add_argument("--teacher", help="teacher name, 'a+b' for PDD" + _default("teacher"))
+    train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
+    train.add_argument("--image-size", dest="image_size", type=int,
+                       help="model input size in pixels, a multiple of the teacher's stride" + _default("image_size"))
+    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + _default("epochs"))
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="images per step" + _default("batch_size"))
+    train.add_argument("--lr", type=float, help="Adam learning rate" + _default("lr"))
+    train.add_argument("--seed", type=int, help="seed of the split, the initialisation and the order" + _default("seed"))
+    train.add_argument("--data-root", dest="data_root",
+                       help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
+    train.add_argument("--cache-dir", dest="cache_dir",
+                       help="persist teacher features here across runs (default: in memory only)")
     train.add_argument("--no-cache", action="store_true", help="recompute the teacher every step")
-    train.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="model setting, repeatable")
+    train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                       help="model setting, repeatable (default: the method's defaults)")
     train.add_argument("--config", help="YAML file of options (flags win)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    add_run_options(train)
     train.set_defaults(func=run_train)
 
     evaluate = subparsers.add_parser("evaluate", help="score a task's test split and compute metrics")
     evaluate.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
-    evaluate.add_argument("--task", required=True)
+    evaluate.add_argument("--task", required=True, help="registry name or a folder/CSV in a supported layout")
     evaluate.add_argument("--out", help="where metrics go (default: the checkpoint's folder)")
-    evaluate.add_argument("--data-root", dest="data_root")
+    evaluate.add_argument("--data-root", dest="data_root",
+                          help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
     evaluate.add_argument("--seed", type=int, default=0, help="split seed for tasks without a fixed split")
-    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=16)
-    evaluate.add_argument("--weights", default="imagenet", help="teacher weights file")
-    evaluate.add_argument("--heatmaps", action="store_true", help="also write heat-map overlays of the test images")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="images per forward pass")
+    evaluate.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
+    evaluate.add_argument("--heatmaps", action="store_true", help="also write heat-map figures of the test images")
     evaluate.add_argument("--no-report", dest="no_report", action="store_true",
                           help="skip the HTML report (default: OUT/report/index.html)")
+    evaluate.add_argument("--overwrite", action="store_true", help="replace earlier metrics and scores in --out")
+    evaluate.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
+                          help="skip unreadable files of the task with a warning; listed in OUT/skipped_files.csv")
+    add_quiet_option(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 
-    predict = subparsers.add_parser("predict", help="score images and write heat-map overlays")
-    predict.add_argument("--checkpoint", required=True)
-    predict.add_argument("inputs", nargs="+", help="image files or folders")
-    predict.add_argument("--out", required=True)
-    predict.add_argument("--threshold", type=float, help="flag images whose score exceeds this")
-    predict.add_argument("--batch-size", dest="batch_size", type=int, default=16)
-    predict.add_argument("--weights", default="imagenet", help="teacher weights file")
+    predict = subparsers.add_parser(
+        "predict", help="score images and volumes, write scores and heat maps",
+        description="Score 2-D images, NIfTI/MetaImage volumes and DICOM series (every slice with body content) "
+                    "with a one-class checkpoint.")
+    predict.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
+    predict.add_argument("inputs", nargs="+", help="image or volume files, or folders (searched recursively)")
+    predict.add_argument("--out", required=True, help="folder for scores, heat maps and anomaly-map volumes")
+    threshold = predict.add_mutually_exclusive_group()
+    threshold.add_argument("--threshold", type=float, help="flag inputs whose score exceeds this (default: none)")
+    threshold.add_argument("--threshold-from", dest="threshold_from", metavar="DIR",
+                           help="calibrate the threshold on held-out normal images in DIR (see --threshold-percentile)")
+    predict.add_argument("--threshold-percentile", dest="threshold_percentile", type=percentile_option, default=95.0,
+                         help="percentile of the held-out normal scores used as the threshold")
+    predict.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="images per forward pass")
+    predict.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
+    predict.add_argument("--overwrite", action="store_true", help="replace earlier predictions in --out")
+    add_input_options(predict)
+    add_quiet_option(predict)
     predict.set_defaults(func=run_predict)
 
 
@@ -69,66 +101,87 @@ def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
 
     args.model_options = parse_model_options(args.model_option) or None
-    options = resolve_options(args, TRAIN_DEFAULTS)
-    if not options["task"]:
-        raise SystemExit("medad train needs --task (a registry name or a folder)")
-    out_dir = Path(args.out)
-    seed_everything(options["seed"])
-    task = load_task(options["task"], root=options["data_root"], seed=options["seed"])
-    model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
-    images, _ = load_images(task.train, options["image_size"], desc=f"loading {task.name} train")
-    config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
-                         seed=options["seed"], use_cache=not args.no_cache,
-                         cosine_schedule=options["method"] == "pdd")
-    write_json(out_dir / "config.json", {**run_record("train", options), "task": task.name,
-                                         "n_train": len(task.train), "model": model.meta()})
-    cache = FeatureCache(model.teacher, options["cache_dir"]) if config.use_cache else None
-    result = train_unsupervised(model, images, config, out_dir=out_dir, resume=args.resume, cache=cache,
-                                desc=f"{options['method']} on {task.name}")
-    write_json(out_dir / "train_log.json", {"epochs": result.epochs_done, "loss": result.history,
-                                            "train_seconds": result.train_seconds})
-    print(f"trained {options['method']} on {task.name}: {result.epochs_done} epochs, "
-          f"{result.train_seconds:.1f} s, final loss {result.history[-1]:.4f}; checkpoint {out_dir / MODEL_FILE}")
+    run = RunFolder(args.out)
+    with run.for_training("train", resume=args.resume, overwrite=args.overwrite):
+        options = training_options(run, args, TRAIN_DEFAULTS)
+        if not options["task"]:
+            raise CliError("medad train needs --task (a registry name or a folder)")
+        if args.resume and not epochs_left(run, options["epochs"]):
+            return 0
+        seed_everything(options["seed"])
+        model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
+        check_image_size(model, options["image_size"])
+        task = load_task(options["task"], root=options["data_root"], seed=options["seed"],
+                         skip_unreadable=args.skip_unreadable)
+        images, _ = load_images(task.train, options["image_size"], desc=f"loading {task.name} train")
+        config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
+                             seed=options["seed"], use_cache=not args.no_cache,
+                             cosine_schedule=options["method"] == "pdd")
+        run.start(config_record(run, "train", options, args.resume, task=task.name, n_train=len(task.train),
+                                model=model.meta()))
+        run.write_skipped([(str(s.path), s.reason) for s in task.skipped])
+        cache = FeatureCache(model.teacher, options["cache_dir"]) if config.use_cache else None
+        result = train_unsupervised(model, images, config, out_dir=run.path, resume=args.resume, cache=cache,
+                                    desc=f"{options['method']} on {task.name}")
+        run.write_train_log(result.epochs_done, result.history, result.train_seconds)
+    console.info(f"trained {options['method']} on {task.name}: {result.epochs_done} epochs, "
+                 f"{result.train_seconds:.1f} s, final loss {result.history[-1]:.4f}; checkpoint {run.file(MODEL_FILE)}")
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
-    from medad.data.tasks import load_task
+def evaluation_folder(args: argparse.Namespace) -> RunFolder:
+    """Where evaluation results go: ``--out``, by default the checkpoint's folder."""
+    if args.out:
+        return RunFolder(args.out)
+    path = Path(args.checkpoint)
+    return RunFolder(path if path.is_dir() else path.parent, flag="--out (default: the checkpoint's folder)")
 
-    model, meta = load_trained_model(args.checkpoint, args.weights)
-    if meta["method"] in FEWSHOT_METHODS:
-        raise SystemExit("this is a few-shot checkpoint: use 'medad fewshot evaluate'")
-    task = load_task(args.task, root=args.data_root, seed=args.seed)
-    images, masks = load_images(task.test, meta["image_size"], desc=f"loading {task.name} test")
-    labels = [sample.label for sample in task.test]
-    evaluation = evaluate_images(model.predict, images, labels, masks, args.batch_size)
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint if Path(args.checkpoint).is_dir()
-                                                   else Path(args.checkpoint).parent)
-    write_json(out_dir / "metrics.json", {**run_record("evaluate", vars_without_func(args)), "task": task.name,
-                                          "checkpoint": meta, **evaluation.metrics})
-    paths = [str(sample.path) + (f"#slice{sample.slice_index}" if sample.slice_index is not None else "")
-             for sample in task.test]
-    write_scores(out_dir, paths, evaluation.scores, labels)
-    if args.heatmaps:
-        write_heatmaps(out_dir / "heatmaps", paths, images, evaluation.maps)
-    print(format_metrics(task.name, evaluation.metrics))
-    if not args.no_report:
-        write_run_report(out_dir, f"medad evaluate: {meta['method']} on {task.name}")
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medad.data.tasks import load_sample_image, load_task
+
+    run = evaluation_folder(args)
+    with run.for_outputs("evaluate", EVALUATE_OUTPUTS, overwrite=args.overwrite):
+        model, meta = load_trained_model(args.checkpoint, args.weights)
+        if meta["method"] in FEWSHOT_METHODS:
+            raise CliError(f"--checkpoint {args.checkpoint} is a few-shot checkpoint: use 'medad fewshot evaluate'")
+        task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
+        images, masks = load_images(task.test, meta["image_size"], desc=f"loading {task.name} test")
+        labels = [sample.label for sample in task.test]
+        evaluation = evaluate_images(model.predict, images, labels, masks, args.batch_size)
+        run.write_json(METRICS_FILE, {**run_record("evaluate", vars_without_func(args)), "task": task.name,
+                                      "checkpoint": meta, **evaluation.metrics})
+        paths = [str(sample.path) + (f"#slice{sample.slice_index}" if sample.slice_index is not None else "")
+                 for sample in task.test]
+        write_scores(run, paths, evaluation.scores, labels)
+        run.write_skipped([(str(s.path), s.reason) for s in task.skipped])
+        if args.heatmaps:
+            write_heatmaps(run.file(HEATMAPS_DIR), paths, (load_sample_image(s) for s in task.test), evaluation.maps,
+                           evaluation.scores, labels=labels)
+        console.info(format_metrics(task.name, evaluation.metrics))
+        if not args.no_report:
+            write_run_report(run.path, f"medad evaluate: {meta['method']} on {task.name}")
     return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    model, meta = load_trained_model(args.checkpoint, args.weights)
-    if meta["method"] in FEWSHOT_METHODS:
-        raise SystemExit("this is a few-shot checkpoint: use 'medad fewshot score'")
-    paths = collect_image_paths(args.inputs)
-    images = load_paths(paths, meta["image_size"])
-    maps, scores = predict_batches(lambda rows: model.predict(images[rows]), len(images), args.batch_size)
-    out_dir = Path(args.out)
-    write_scores(out_dir, [str(p) for p in paths], scores, threshold=args.threshold)
-    write_heatmaps(out_dir / "heatmaps", [str(p) for p in paths], images, maps)
-    for path, score in zip(paths, scores):
-        print(f"{score:.5f}  {path}")
+    run = RunFolder(args.out)
+    with run.for_outputs("predict", PREDICT_OUTPUTS, overwrite=args.overwrite):
+        model, meta = load_trained_model(args.checkpoint, args.weights)
+        if meta["method"] in FEWSHOT_METHODS:
+            raise CliError(f"--checkpoint {args.checkpoint} is a few-shot checkpoint: use 'medad fewshot score'")
+        read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}
+        inputs = load_inputs(args.inputs, meta["image_size"], flag="inputs", **read)
+        threshold = no_threshold() if args.threshold is None else fixed_threshold(args.threshold)
+        if args.threshold_from:
+            heldout = load_inputs([args.threshold_from], meta["image_size"], flag="--threshold-from", **read)
+            scored = score_inputs(heldout, model.predict, args.batch_size)
+            inputs.skipped += heldout.skipped
+            threshold = heldout_threshold(scored.unit_scores(), args.threshold_percentile, args.threshold_from)
+        scored = score_inputs(inputs, model.predict, args.batch_size)
+        record = {**run_record("predict", vars_without_func(args)), "checkpoint": meta}
+        write_predictions(run, scored, threshold, run.file(HEATMAPS_DIR), record)
+    print_predictions(scored, threshold)
     return 0
 
 

@@ -165,6 +165,8 @@ def format_check(report: dict, *, max_list: int = 5) -> str:
     for g in rem[:max_list]:
         lines.append("      = " + " | ".join(f"{sp}: " + ", ".join(Path(p).name for p in ps)
                                              for sp, ps in g.items()))
+    if len(rem) > max_list:
+        lines.append(f"      ... {len(rem) - max_list} more")
     lines.append(f"  removed from train: {report['n_removed']} file(s) "
                  f"({report['n_removed_distinct']} distinct images) duplicated in test/valid")
     for r in report["removed"][:max_list]:
@@ -172,7 +174,7 @@ def format_check(report: dict, *, max_list: int = 5) -> str:
     if report["n_removed"] > max_list:
         lines.append(f"      ... {report['n_removed'] - max_list} more")
     lines.append(f"  unreadable files: {len(report['unreadable'])}")
-    for u in report["unreadable"][:max_list]:
+    for u in report["unreadable"]:  # every one: each is a file to fix
         lines.append(f"      ! {u['path']}: {u['reason']}")
     if report.get("ignored"):
         lines.append(f"  ignored hidden/OS files: {report['ignored']}")

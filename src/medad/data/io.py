@@ -91,8 +91,8 @@ class ImageReadError(ValueError):
         self.path = Path(path)
         self.problem = problem
         self.hint = hint or (
-            "check the file (open it in an image viewer), replace or delete it, or build the "
-            "task with skip_unreadable=True to skip such files with a warning"
+            "check the file (open it in an image viewer), replace or delete it, or skip such files "
+            "with a warning (--skip-unreadable; skip_unreadable=True in Python)"
         )
         super().__init__(f"{self.path}: {problem}. What to do: {self.hint}.")
 
@@ -184,7 +184,7 @@ def _check_file(path: Path) -> None:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)",
                              "the copy or download was probably interrupted: copy the file again "
-                             "or delete it (or build the task with skip_unreadable=True)")
+                             "or delete it (or skip it: --skip-unreadable; skip_unreadable=True in Python)")
 
 
 def _composite_on_black(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -352,8 +352,8 @@ def decode_image(path: str | os.PathLike, *, high_bit: str = "minmax") -> Decode
         if vol.shape[0] != 1:
             raise ImageReadError(
                 path, f"is a 3-D volume with {vol.shape[0]} slices, not a 2-D image",
-                "use medad.data.volumes.read_volume_slice(path, index) or a task of volume "
-                "slices (see medad.data.tasks.volume_slice_samples)")
+                "score it with 'medad predict' or 'medad fewshot score' (they read volumes slice by "
+                "slice), or in Python use medad.data.volumes.read_volume_slice(path, index)")
         return DecodedImage(np.asarray(vol[0]), "volume", "volume", None, None)
     if _suffix(path) == "":
         raise ImageReadError(path, "has no suffix and is not DICOM (no 'DICM' preamble)",

@@ -263,8 +263,8 @@ class _Collector:
                 if self.skip:
                     self.skipped.append(SkippedFile(p, reason))
                 else:
-                    raise ImageReadError(p, reason, "remove or convert the file, or pass "
-                                                    "skip_unreadable=True to skip it with a warning")
+                    raise ImageReadError(p, reason, "remove or convert the file, or skip it with a warning "
+                                                    "(--skip-unreadable; skip_unreadable=True in Python)")
         out.sort(key=lambda q: q.relative_to(folder).as_posix())
         return out
 
@@ -337,7 +337,8 @@ def _validate(task: Task, collector: _Collector, *, validate: bool) -> None:
             f" ({len(bad) - 1} more unreadable file(s): "
             + ", ".join(str(e.path) for e in bad[1:4]) + (", ..." if len(bad) > 4 else "") + ")")
         hint = first.hint if "skip_unreadable" in first.hint else (
-            first.hint + "; or pass skip_unreadable=True to skip unreadable files with a warning")
+            first.hint + "; or skip unreadable files with a warning (--skip-unreadable; skip_unreadable=True "
+                         "in Python)")
         raise ImageReadError(first.path, first.problem + more, hint)
     task.skipped.extend(SkippedFile(e.path, e.problem) for e in bad)
 
@@ -636,7 +637,8 @@ def from_manifest(csv_path: str | os.PathLike, *, name: str | None = None,
                 continue
             raise ImageReadError(path, f"listed at {where} but does not exist",
                                  "fix the path column (relative paths are relative to the "
-                                 "manifest's folder) or pass skip_unreadable=True")
+                                 "manifest's folder) or skip it (--skip-unreadable; "
+                                 "skip_unreadable=True in Python)")
         if slice_index is None and file_kind(path) not in ("image", "dicom"):
             reason = f"listed at {where}: not a supported image file"
             if skip_unreadable:

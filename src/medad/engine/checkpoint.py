@@ -2,13 +2,17 @@
 
 ``model.safetensors`` holds the learnable weights (never the frozen teacher) and,
 in its header, a JSON document with the method, teacher, image size,
-normalisation, configuration and version.  ``training_state.pt`` holds what
-``--resume`` needs (optimizer state, finished epochs, history) and loads with
-``torch.load(weights_only=True)``.  Both are written atomically.
+normalisation, configuration and version, plus a SHA-256 digest that binds that
+document to the tensors' names and shapes: a checkpoint whose metadata
+was edited (say ``image_size``) is refused instead of scoring silently with
+other settings.  ``training_state.pt`` holds what ``--resume`` needs and loads
+with ``torch.load(weights_only=True)``.  Both are written atomically; which
+files a run folder holds, and in which order, is :mod:`medad.engine.run_folder`'s job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,21 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, damaged or does not fit the model asked for."""
 
 
+def _digest(meta_json: str, shapes: dict[str, list[int]]) -> str:
+    """SHA-256 of the metadata text and every tensor's name and shape."""
+    digest = hashlib.sha256(meta_json.encode())
+    for name in sorted(shapes):
+        digest.update(f"|{name}:{list(shapes[name])}".encode())
+    return digest.hexdigest()
+
+
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write weights + metadata atomically to ``path`` (a .safetensors file)."""
-    meta = {**meta, "medad_version": __version__}
+    meta_json = json.dumps({**meta, "medad_version": __version__})
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
+    shapes = {key: list(value.shape) for key, value in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"medad": json.dumps(meta)})
+        save_file(tensors, str(tmp), metadata={"medad": meta_json, "medad_sha256": _digest(meta_json, shapes)})
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -42,15 +55,20 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / MODEL_FILE
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; give a run folder holding {MODEL_FILE} or the "
+                              ".safetensors file itself")
     try:
         with safe_open(str(path), framework="pt") as handle:
             header = handle.metadata() or {}
+            shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"checkpoint {path} is damaged or not a safetensors file ({error}); "
                               "re-run training or use another checkpoint") from error
     if "medad" not in header:
         raise CheckpointError(f"{path} is a safetensors file but not a medad checkpoint (no 'medad' metadata)")
+    if "medad_sha256" in header and header["medad_sha256"] != _digest(header["medad"], shapes):
+        raise CheckpointError(f"the metadata of {path} no longer matches its weights (it was edited after training, "
+                              "e.g. its image_size or teacher); restore the original file or train again")
     return json.loads(header["medad"])
 
 

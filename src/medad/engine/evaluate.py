@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from medad.console import progress
 from medad.metrics import image_metrics, pixel_metrics
 
 
@@ -28,7 +28,7 @@ def predict_batches(predict_rows: Callable[[slice], tuple[torch.Tensor, torch.Te
                     batch_size: int = 16, desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """Run ``predict_rows(rows) -> (maps, scores)`` over all ``n_images`` in slices (no image dropped)."""
     maps, scores = [], []
-    for start in tqdm(range(0, n_images, batch_size), desc=desc, leave=False, unit="batch"):
+    for start in progress(range(0, n_images, batch_size), desc=desc, leave=False, unit="batch"):
         batch_maps, batch_scores = predict_rows(slice(start, min(start + batch_size, n_images)))
         maps.append(batch_maps.float().cpu().numpy())
         scores.append(batch_scores.float().cpu().numpy())

@@ -136,13 +136,8 @@ def evaluate_fewshot(model: torch.nn.Module, support_images: torch.Tensor, test_
                          len(test_images), labels, masks, batch_size)
 
 @torch.no_grad()
-def calibrate_threshold(model: torch.nn.Module, support_images: torch.Tensor) -> float:
-    """A decision threshold from the normal supports alone (leave-one-out).
-
-    Each support is scored against the other K − 1; the threshold is the highest
-    of those normal scores, so a query is flagged when it looks less normal than
-    any support does to its peers.  Needs K ≥ 2.
-    """
+def leave_one_out_scores(model: torch.nn.Module, support_images: torch.Tensor) -> list[float]:
+    """Each support's score against the other K − 1 supports (K ≥ 2): how normal images score here."""
     if len(support_images) < 2:
         raise ValueError("threshold calibration needs at least 2 support images")
     scores = []
@@ -150,4 +145,12 @@ def calibrate_threshold(model: torch.nn.Module, support_images: torch.Tensor) ->
         others = torch.cat([support_images[:held_out], support_images[held_out + 1:]])
         _, score = model.predict(support_images[held_out:held_out + 1], model.prepare_supports(others))
         scores.append(float(score[0]))
-    return max(scores)
+    return scores
+
+
+def calibrate_threshold(model: torch.nn.Module, support_images: torch.Tensor) -> float:
+    """A decision threshold from the normal supports alone: the highest leave-one-out score.
+
+    A query is flagged when it looks less normal than any support does to its peers.  Needs K ≥ 2.
+    """
+    return max(leave_one_out_scores(model, support_images))

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from medad.console import progress
 from medad.data.dataset import SampleDataset
 from medad.data.tasks import Sample
 
@@ -15,7 +15,7 @@ def load_images(samples: list[Sample], image_size: int, desc: str = "loading ima
         raise ValueError("no images to load: the sample list is empty")
     dataset = SampleDataset(samples, image_size)
     images, masks = [], []
-    for index in tqdm(range(len(dataset)), desc=desc, leave=False, unit="img"):
+    for index in progress(range(len(dataset)), desc=desc, leave=False, unit="img"):
         item = dataset[index]
         images.append(item["image"])
         masks.append(item["mask"])

@@ -1,9 +1,11 @@
 """A resumable training loop shared by all methods.
 
-Every finished epoch is checkpointed atomically (``model.safetensors`` +
-``training_state.pt``); ``resume=True`` continues after the last finished epoch
-with the same optimizer state and the same per-epoch shuffling, so an
-interrupted run loses at most the epoch in progress.
+Every finished epoch is checkpointed (the pair ``training_state.pt`` +
+``model.safetensors``, see :mod:`medad.engine.run_folder`); ``resume=True``
+continues after the last finished epoch with the same weights, optimizer state
+and per-epoch seeding, so an interrupted run loses at most the epoch in
+progress and the resumed run equals an uninterrupted one.  Ctrl-C ends training
+with :class:`~medad.engine.run_folder.TrainingInterrupted` (files consistent).
 """
 
 from __future__ import annotations
@@ -17,10 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
-from medad.engine.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_model,
-                                     load_training_state, save_model, save_training_state)
+from medad.console import progress
+from medad.engine.checkpoint import CheckpointError
+from medad.engine.run_folder import RunFolder, TrainingInterrupted
 
 
 @dataclass
@@ -34,6 +35,10 @@ class TrainConfig:
     seed: int = 0
     use_cache: bool = True
     cosine_schedule: bool = False
+
+
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite."""
 
 
 @dataclass
@@ -66,54 +71,61 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
                  if config.cosine_schedule else None)
     result = TrainResult(epochs_done=0)
-    out_dir = Path(out_dir) if out_dir is not None else None
-    if resume and out_dir is not None and (out_dir / STATE_FILE).is_file():
-        state = load_training_state(out_dir / STATE_FILE)
-        weights, saved_meta = load_model(out_dir / MODEL_FILE, expected_method=meta["method"])
+    run = RunFolder(out_dir) if out_dir is not None else None
+    saved = run.load_checkpoint(meta["method"]) if resume and run is not None else None
+    if saved is not None:
+        saved_meta = saved["meta"]
         if saved_meta.get("teacher") != meta.get("teacher") or saved_meta.get("image_size") != meta.get("image_size"):
             raise CheckpointError(f"cannot resume {out_dir}: it was trained with teacher {saved_meta.get('teacher')} "
                                   f"at {saved_meta.get('image_size')} px")
-        model.load_learnable_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and "scheduler" in state:
-            scheduler.load_state_dict(state["scheduler"])
-        result = TrainResult(int(state["epochs_done"]), list(state["history"]), float(state["train_seconds"]),
-                             list(state.get("log", [])))
-    progress = tqdm(range(result.epochs_done, config.epochs), desc=desc, unit="epoch",
-                    initial=result.epochs_done, total=config.epochs)
-    for epoch in progress:
-        seed_everything(config.seed * 10_007 + epoch)
-        model.train()
-        started = time.perf_counter()
-        losses = []
-        for batch in make_batches(epoch):
-            loss = loss_for_batch(batch)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate "
-                                         "or check the input images for NaN")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        if scheduler is not None:
-            scheduler.step()
-        result.train_seconds += time.perf_counter() - started
-        result.history.append(float(np.mean(losses)))
-        result.epochs_done = epoch + 1
-        entry = {"epoch": result.epochs_done, "loss": result.history[-1], "steps": len(losses)}
-        if monitor is not None:
-            with torch.no_grad():
-                entry.update(monitor())
-        result.log.append(entry)
-        progress.set_postfix(loss=f"{result.history[-1]:.4f}")
-        if out_dir is not None:
-            save_model(out_dir / MODEL_FILE, model.learnable_state_dict(),
-                       {**meta, "epochs": result.epochs_done, "train_config": asdict(config)})
-            state = {"optimizer": optimizer.state_dict(), "epochs_done": result.epochs_done,
-                     "history": result.history, "train_seconds": result.train_seconds, "log": result.log}
+        if int(saved["epochs_done"]) > config.epochs:
+            raise ValueError(f"{out_dir} already holds {saved['epochs_done']} epochs, more than the {config.epochs} "
+                             "asked for")
+        model.load_learnable_state_dict(saved["weights"])
+        optimizer.load_state_dict(saved["optimizer"])
+        if scheduler is not None and "scheduler" in saved:
+            scheduler.load_state_dict(saved["scheduler"])
+        result = TrainResult(int(saved["epochs_done"]), list(saved["history"]), float(saved["train_seconds"]),
+                             list(saved.get("log", [])))
+    bar = progress(range(result.epochs_done, config.epochs), desc=desc, unit="epoch", initial=result.epochs_done,
+                   total=config.epochs)
+    try:
+        for epoch in bar:
+            seed_everything(config.seed * 10_007 + epoch)
+            model.train()
+            started = time.perf_counter()
+            losses = []
+            for step, batch in enumerate(make_batches(epoch), start=1):
+                loss = loss_for_batch(batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"the training loss became {loss.item()} at epoch {epoch + 1}, batch {step}; lower the "
+                        f"learning rate (--lr, now {config.lr:g}) and check the training images for NaN/Inf values "
+                        "(medad data check)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
             if scheduler is not None:
-                state["scheduler"] = scheduler.state_dict()
-            save_training_state(out_dir / STATE_FILE, state)
+                scheduler.step()
+            result.train_seconds += time.perf_counter() - started
+            result.history.append(float(np.mean(losses)))
+            result.epochs_done = epoch + 1
+            entry = {"epoch": result.epochs_done, "loss": result.history[-1], "steps": len(losses)}
+            if monitor is not None:
+                with torch.no_grad():
+                    entry.update(monitor())
+            result.log.append(entry)
+            bar.set_postfix(loss=f"{result.history[-1]:.4f}")
+            if run is not None:
+                state = {"optimizer": optimizer.state_dict(), "epochs_done": result.epochs_done,
+                         "history": result.history, "train_seconds": result.train_seconds, "log": result.log}
+                if scheduler is not None:
+                    state["scheduler"] = scheduler.state_dict()
+                run.save_checkpoint(model.learnable_state_dict(),
+                                    {**meta, "epochs": result.epochs_done, "train_config": asdict(config)}, state)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(result.epochs_done, run.path if run is not None else None) from None
     model.eval()
     return result
 

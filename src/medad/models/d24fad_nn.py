@@ -16,14 +16,15 @@ why (measured in ``docs/METHODS.md``):
 * **Normalisation that is the same in training and scoring.** GroupNorm instead of BatchNorm,
   whose running statistics come from single-task training batches.
 * **A score that combines the maps that work**: the support map (student features, query vs
-  supports), the teacher→student map and teacher-patch nearest neighbour (PatchCore-K), each
-  standardised with statistics of the supports alone (every support scored against the others:
-  leave-one-support-out), summed; the image score is the map's maximum.
+  supports) and teacher-patch nearest neighbour (PatchCore-K), each standardised with statistics
+  of the supports alone (every support scored against the others: leave-one-support-out), summed;
+  the image score is the mean of the fused map's top 5 % plus its mean.  The teacher→student map
+  is available (``maps``) but off: on a chest development set it is inverted (docs/METHODS.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,10 @@ from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, dist
 MAPS = ("support", "tsd", "teacher_nn")
 #: support-set augmentations added to the supports at scoring time (more normal appearance to match against)
 AUGMENTATIONS = ("none", "flip")
+#: image scores from the fused map: its maximum; the mean of its top 5 % pixels; that plus the map's mean
+#: (focal findings such as tumours raise the top, diffuse ones such as pneumonia the mean)
+SCORES = ("max", "top5", "top5+mean")
+TOP_FRACTION = 0.05
 
 
 @dataclass
@@ -56,8 +61,9 @@ class D24FADNNConfig:
     #: teacher stages (0 = shallowest) whose student features are matched to the supports; the shallowest
     #: stage's grid (¼ of the input side) would make global nearest neighbour 16× dearer for little gain
     support_scales: tuple[int, ...] = (1, 2)
-    maps: tuple[str, ...] = field(default_factory=lambda: MAPS)
+    maps: tuple[str, ...] = ("support", "teacher_nn")
     normalise: bool = True
+    score: str = "top5+mean"
     augment: str = "none"
     sigma: float = DEFAULT_SIGMA
 
@@ -69,6 +75,8 @@ class D24FADNNConfig:
         unknown = set(self.maps) - set(MAPS)
         if unknown or not self.maps:
             raise ValueError(f"maps must be a non-empty subset of {', '.join(MAPS)}; got {list(self.maps)}")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose one of {', '.join(SCORES)}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}")
         if self.lambda_tsd < 0 or self.lambda_ssd < 0 or self.lambda_tsd + self.lambda_ssd == 0:
@@ -94,6 +102,15 @@ class SupportBank:
         scales = sum(1 for name in tensors if name.startswith("student"))
         return cls(int(tensors["k"]), [tensors[f"student{i}"] for i in range(scales)], tensors["patches"],
                    tensors["stats"])
+
+
+def fused_image_scores(maps: torch.Tensor, score: str) -> torch.Tensor:
+    """B×H×W fused maps → B image scores (see :data:`SCORES`)."""
+    if score == "max":
+        return image_scores(maps, "max")
+    flat = maps.flatten(1)
+    top = flat.topk(max(1, int(TOP_FRACTION * flat.shape[1])), dim=1).values.mean(dim=1)
+    return top + flat.mean(dim=1) if score == "top5+mean" else top
 
 
 class D24FADNN(nn.Module):
@@ -224,7 +241,7 @@ class D24FADNN(nn.Module):
         maps, weights = self._raw_maps(queries, supports.student, supports.patches)
         combined = self._combine(maps, supports.stats)
         per_support = [w.mean(dim=(2, 3)).unflatten(1, (-1, supports.k)).sum(1) for w in weights]
-        return combined, image_scores(combined, "max"), per_support
+        return combined, fused_image_scores(combined, self.config.score), per_support
 
     def predict(self, images: torch.Tensor, supports: SupportBank) -> tuple[torch.Tensor, torch.Tensor]:
         maps, scores, _ = self.score_encoded(self.encode_queries(images), supports)

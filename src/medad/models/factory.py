@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from medad.engine.checkpoint import load_model
+from medad.engine.checkpoint import CheckpointError, load_model
 from medad.models.rd4ad import RD4AD, RD4ADConfig
 
 
@@ -60,10 +60,19 @@ def build_model(method: str, teacher: str, config: dict[str, Any] | None = None,
 
 def load_trained_model(checkpoint: str | Path, teacher_weights: str | Path | None = "imagenet",
                        expected_method: str | tuple[str, ...] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The trained model of a checkpoint (file or run folder) and its metadata."""
+    """The trained model of a checkpoint (file or run folder) and its metadata.
+
+    Weights whose names or shapes do not fit the model the metadata describes are a :class:`CheckpointError`.
+    """
     state, meta = load_model(checkpoint, expected_method)
     model = build_model(meta["method"], meta["teacher"], meta.get("config"), teacher_weights)
-    model.load_learnable_state_dict(state)
+    try:
+        model.load_learnable_state_dict(state)
+    except (RuntimeError, ValueError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"the weights in {checkpoint} do not fit the {meta['method']} model its metadata "
+                              f"describes (teacher {meta['teacher']}): {first}; the metadata was edited or the "
+                              "file is damaged, so train again or use the original file") from error
     model.eval()
     return model, meta
 

@@ -1,0 +1,82 @@
+"""What ``medad train`` and ``medad fewshot train`` share: options of a new or resumed run, and checks made
+before the run folder is written (image size, epochs)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timezone
+from typing import Any
+
+import torch
+
+from medad import console
+from medad.cli.common import add_quiet_option, resolve_options, run_record
+from medad.cli.errors import CliError
+from medad.engine.run_folder import RunFolder
+
+# What a resumed run may change: how long it trains and where its data and caches are.
+RESUME_MAY_CHANGE = frozenset({"epochs", "data_root", "cache_dir"})
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """--resume / --overwrite (exclusive), --skip-unreadable for the tasks' files, and --quiet."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the interrupted or shorter run in --out (its options are reused; only "
+                            "--epochs, --data-root and --cache-dir may change)")
+    group.add_argument("--overwrite", action="store_true",
+                       help="replace the run in --out (refused without this flag or --resume)")
+    parser.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
+                        help="skip unreadable files of the tasks with a warning; listed in OUT/skipped_files.csv")
+    add_quiet_option(parser)
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def training_options(run: RunFolder, args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A new run: flags > YAML config > defaults.  ``--resume``: the run's recorded options, where a flag
+    may only change what :data:`RESUME_MAY_CHANGE` names; any other differing flag is an error."""
+    given = {key: value for key, value in resolve_options(args, dict.fromkeys(defaults)).items() if value is not None}
+    if not args.resume:
+        return {**defaults, **given}
+    recorded = {**defaults, **run.read_config().get("options", {})}
+    for key, value in given.items():
+        if key not in RESUME_MAY_CHANGE and recorded.get(key) != value:
+            raise CliError(f"--resume: {flag(key)} {value} differs from the run's {recorded.get(key)} in {run.path}; "
+                           f"drop {flag(key)} to continue the run, or start a new run in another --out")
+    return {**recorded, **{key: value for key, value in given.items() if key in RESUME_MAY_CHANGE}}
+
+
+def epochs_left(run: RunFolder, epochs: int) -> bool:
+    """False (with a note) when a resumed run already holds ``epochs``; an error when it holds more."""
+    done = run.epochs_done() or 0
+    if epochs < done:
+        raise CliError(f"--epochs {epochs} is fewer than the {done} epochs {run.path} already holds; nothing to "
+                       f"train: use the checkpoint as it is, or pass --epochs above {done} to train on")
+    if epochs == done:
+        console.info(f"{run.path} already holds all {done} epochs; nothing to train (pass --epochs above {done} "
+                     "to train on)")
+        return False
+    return True
+
+
+def check_image_size(model: torch.nn.Module, image_size: int) -> None:
+    """The teacher's deepest stride must divide the image size (and fit twice)."""
+    stride = model.teacher.max_stride
+    if image_size < 2 * stride or image_size % stride:
+        suggestion = max(2 * stride, round(image_size / stride) * stride)
+        raise CliError(f"--image-size {image_size} does not fit teacher {model.teacher.name}: it must be a multiple "
+                       f"of its deepest stride {stride} and at least {2 * stride}; use e.g. {suggestion}")
+
+
+def config_record(run: RunFolder, command: str, options: dict[str, Any], resume: bool,
+                  **extra: Any) -> dict[str, Any]:
+    """``config.json`` of a new run, or of a resumed one (first creation time kept, resumptions listed)."""
+    record = {**run_record(command, options), **extra}
+    if resume:
+        previous = run.read_config()
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record.update(created=previous.get("created"), resumed=[*previous.get("resumed", []), now])
+    return record

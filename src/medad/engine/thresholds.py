@@ -1,0 +1,89 @@
+"""Decision thresholds, each with the rule it came from and how far it can be trusted.
+
+* ``fixed``: a number given by the user.
+* ``support-leave-one-out``: the highest of the K normal supports' leave-one-out scores (each support scored
+  against the other K − 1).  With K < :data:`MIN_RELIABLE_K` this is the maximum of a handful of scores and
+  carries a warning.
+* ``held-out-percentile``: a stated percentile of the scores of held-out normal images (fewer than
+  :data:`MIN_RELIABLE_HELDOUT` carry a warning).
+
+Every prediction file records :meth:`Threshold.record`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MIN_RELIABLE_K = 8
+MIN_RELIABLE_HELDOUT = 20
+
+
+@dataclass
+class Threshold:
+    """A threshold value (None: no verdicts) and where it came from."""
+
+    value: float | None
+    rule: str
+    description: str
+    details: dict[str, Any] = field(default_factory=dict)
+    warning: str | None = None
+
+    def is_abnormal(self, score: float) -> bool | None:
+        return None if self.value is None else bool(score > self.value)
+
+    def verdict(self, score: float) -> str:
+        """'ABNORMAL (score > threshold 0.12)', 'normal (score ≤ threshold 0.12)' or '' without a threshold."""
+        if self.value is None:
+            return ""
+        if score > self.value:
+            return f"ABNORMAL (score > threshold {self.value:.4g})"
+        return f"normal (score ≤ threshold {self.value:.4g})"
+
+    def record(self) -> dict[str, Any]:
+        return {"value": self.value, "rule": self.rule, "description": self.description, **self.details,
+                "warning": self.warning}
+
+
+def no_threshold() -> Threshold:
+    return Threshold(None, "none", "no threshold: scores only, no verdicts")
+
+
+def fixed_threshold(value: float) -> Threshold:
+    return Threshold(float(value), "fixed", f"the fixed threshold {value:g} given with --threshold")
+
+
+def support_threshold(loo_scores: list[float]) -> Threshold:
+    """The highest leave-one-out score of the K supports; with K < 2 there is none (no verdicts, a warning)."""
+    k = len(loo_scores)
+    if k < 2:
+        return Threshold(None, "none", "no threshold: the 'auto' threshold needs at least 2 supports",
+                         warning="no 'auto' threshold from fewer than 2 supports, so no verdicts; give more supports, "
+                                 "--threshold NUMBER or --threshold-from a folder of held-out normal images")
+    warning = None
+    if k < MIN_RELIABLE_K:
+        warning = (f"the 'auto' threshold is the highest of only K={k} leave-one-out support scores, so it is "
+                   f"uncertain (expect false alarms or misses); use K ≥ {MIN_RELIABLE_K} supports or --threshold-from "
+                   "a folder of held-out normal images")
+    return Threshold(float(max(loo_scores)), "support-leave-one-out",
+                     f"the highest of the leave-one-out scores of the K={k} normal supports (each support scored "
+                     f"against the other {k - 1})", {"k": k, "support_scores": [float(s) for s in loo_scores]},
+                     warning)
+
+
+def heldout_threshold(scores: np.ndarray, percentile: float, source: str) -> Threshold:
+    """The ``percentile``-th percentile (linear interpolation) of held-out normal scores."""
+    n = len(scores)
+    if n == 0:
+        raise ValueError(f"--threshold-from {source}: no held-out normal images were scored")
+    warning = None
+    if n < MIN_RELIABLE_HELDOUT:
+        warning = (f"the threshold is the {percentile:g}th percentile of only {n} held-out normal scores, so it is "
+                   f"uncertain; use at least {MIN_RELIABLE_HELDOUT} held-out normal images")
+    return Threshold(float(np.percentile(scores, percentile)), "held-out-percentile",
+                     f"the {percentile:g}th percentile (linear interpolation) of the scores of {n} held-out normal "
+                     f"images in {source}",
+                     {"percentile": percentile, "source": source, "n_heldout": n,
+                      "heldout_scores": [float(s) for s in scores]}, warning)
