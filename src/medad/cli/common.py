@@ -77,8 +77,8 @@ def device_spec(text: str) -> str:
 def add_device_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
     """``--device`` on a command that runs a model (``default=None`` where a config file may set it)."""
     parser.add_argument("--device", type=device_spec, default=default,
-                        help="where models run: auto (the default: a CUDA GPU when there is one, else the CPU), "
-                             "cpu, cuda, cuda:N or mps")
+                        help="where models run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
+                             "cuda:N or mps" + (" (default: auto)" if default is None else ""))
 
 
 def select_run_device(spec: str) -> torch.device:
