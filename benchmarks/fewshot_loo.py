@@ -18,6 +18,7 @@ default and of the paper model and the scoring ablations; phase 2 the other seed
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -46,15 +47,17 @@ from medad.results import BenchmarkResults, mean_std
 TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 DEFAULT = "d24fad_nn"
 PAPER = "d24fad"
-#: variants of the trained default model that differ only in scoring (no retraining)
+#: variants of the trained default model that differ only in scoring (no retraining), as changes to the
+#: fold's selected scoring
 SCORING_ABLATIONS = {
     "d24fad_nn[support-map]": {"maps": ["support"]},
     "d24fad_nn[teacher-nn-map]": {"maps": ["teacher_nn"]},
     "d24fad_nn[tsd-map]": {"maps": ["tsd"]},
-    "d24fad_nn[+tsd-map]": {"maps": ["support", "tsd", "teacher_nn"]},
+    "d24fad_nn[support+teacher-nn]": {"maps": ["support", "teacher_nn"]},
+    "d24fad_nn[all-maps]": {"maps": ["support", "tsd", "teacher_nn"]},
+    "d24fad_nn[all-maps,min-over-k]": {"maps": ["support", "tsd", "teacher_nn"], "temperature": 1e-3},
     "d24fad_nn[raw-sum]": {"normalise": False},
     "d24fad_nn[max-score]": {"score": "max"},
-    "d24fad_nn[min-over-k]": {"temperature": 1e-3},
     "d24fad_nn[flip-supports]": {"augment": "flip"},
 }
 #: variants that need their own training (one seed, ``--ablation-folds``)
@@ -65,10 +68,11 @@ TRAINING_ABLATIONS = {
 }
 PAPER_BRAIN_TUMOR = {"d24fad": (95.5, 95.3, 95.5), "patchcore": (64.1, 74.0, 78.1), "rd4ad": (62.2, 74.0, 81.4)}
 SELECTION = {
-    "d24fad_nn": "every setting fixed in advance (docs/METHODS.md); the map combination was designed on a "
-                 "development set of training-split images only (held-out training normals vs the sets' "
-                 "extra_train_abnormal / valid images of brain_tumor, zhanglab, nih_cxr, md5-disjoint from every "
-                 "test split); no target test label was used; last epoch",
+    "d24fad_nn": "training settings fixed in advance (docs/METHODS.md), last epoch; the scoring (which maps, "
+                 "which image score) selected per fold by benchmarks/fewshot_dev_selection.py: the best mean "
+                 "AUROC on development sets of training-split images (held-out training normals vs "
+                 "extra_train_abnormal / valid images, md5-disjoint from every test split) of the development "
+                 "tasks other than the fold's target; no target label of any split was used",
     "d24fad": "the paper's settings (λ = 0.1, l2w, mean score) and the previous benchmark's budget; last epoch",
     "patchcore": "no parameters chosen (PatchCore's locally aware features of the two deepest stages, max score)",
     "rd4ad": "RD4AD trained a fixed number of steps on the K supports; last step",
@@ -96,6 +100,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rd4ad-steps", type=int, default=100, help="steps of the RD4AD-K-shot baseline")
     parser.add_argument("--released-k", type=int, default=4, help="K of the paper model's per-epoch released rows")
     parser.add_argument("--ablation-folds", nargs="*", default=["headct", "brain_tumor"])
+    parser.add_argument("--selection", default="benchmarks/results/fewshot_dev_selection.json",
+                        help="the development-set selection of D²4FAD-NN's scoring (fewshot_dev_selection.py)")
     parser.add_argument("--runs", default="benchmarks/.runs/fewshot_loo")
     parser.add_argument("--cache", default="benchmarks/.cache")
     parser.add_argument("--name", default="fewshot_loo")
@@ -123,9 +129,10 @@ class Fold:
 
 
 class Benchmark:
-    def __init__(self, args: argparse.Namespace, results: BenchmarkResults) -> None:
+    def __init__(self, args: argparse.Namespace, results: BenchmarkResults, selected: dict[str, dict]) -> None:
         self.args = args
         self.results = results
+        self.selected = selected  # fold → D²4FAD-NN scoring settings (maps, score)
         self.cache = FeatureCache(build_teacher(args.teacher), cache_dir=args.cache)
         self.teacher = self.cache.teacher.eval()
 
@@ -257,17 +264,35 @@ class Benchmark:
         if not pending:
             return
         model, result = self.train(fold, method, seed, overrides, released)
+        if seed == self.args.seeds[0] and method in (DEFAULT, PAPER):
+            self.collapse(fold, model, method, seed, result)
+        if method.startswith(DEFAULT):  # scored as selected for this fold
+            model = self.rescored(model, {**overrides, **self.selected[fold.target.name]})
         self.evaluate(fold, model, method, seed, result)
         if released:
             self.released_records(fold, method, seed, result)
-        if seed == self.args.seeds[0] and method in (DEFAULT, PAPER):
-            self.collapse(fold, model, method, seed, result)
         if scoring_ablations:
             for name, changes in SCORING_ABLATIONS.items():
-                variant = D24FADNN(self.teacher, D24FADNNConfig(**{**overrides, **changes}))
-                variant.load_learnable_state_dict(model.learnable_state_dict())
-                variant.eval()
+                variant = self.rescored(model, {**overrides, **self.selected[fold.target.name], **changes})
                 self.evaluate(fold, variant, name, seed, result)
+
+    def rescored(self, model: D24FADNN, config: dict) -> D24FADNN:
+        """The same trained student with other scoring settings."""
+        variant = D24FADNN(self.teacher, D24FADNNConfig(**config))
+        variant.load_learnable_state_dict(model.learnable_state_dict())
+        return variant.eval()
+
+
+def selected_scoring(path: Path, tasks: list[str]) -> dict[str, dict]:
+    """Per fold, the D²4FAD-NN scoring chosen on development data (``maps`` and ``score``)."""
+    if not path.exists():
+        raise SystemExit(f"{path} not found: run python benchmarks/fewshot_dev_selection.py first")
+    chosen = json.loads(path.read_text())["selected"]
+    missing = set(tasks) - set(chosen)
+    if missing:
+        raise SystemExit(f"{path} selects no scoring for {', '.join(sorted(missing))}")
+    return {task: {"maps": chosen[task].split("|")[0].split("+"), "score": chosen[task].split("|")[1]}
+            for task in tasks}
 
 
 def cell(records: list[dict], **key) -> str:
@@ -321,7 +346,11 @@ def markdown(results: BenchmarkResults, args) -> str:
              f"queries per task, batch {args.paper_batch_size}, seeds {args.seeds}. Baselines on the same supports: "
              f"`patchcore` (PatchCore-K, nearest neighbour on the teacher's patches, no training), `rd4ad` (RD4AD "
              f"trained {args.rd4ad_steps} steps on the K supports). Last epoch everywhere; no choice used a target "
-             f"test label. The paper uses WideResNet-50 and other data except Brain Tumor.", "", "## Main table", "",
+             f"test label. The paper uses WideResNet-50 and other data except Brain Tumor.", "",
+             f"`{DEFAULT}`'s scoring per fold, selected on development sets of other tasks' training-split images "
+             "(`fewshot_dev_selection`): " + "; ".join(
+                 f"{task} `{'+'.join(c['maps'])}`, {c['score']}" for task, c in
+                 results.data.get("scoring_per_fold", {}).items()) + ".", "", "## Main table", "",
              header, rule]
     for task in tasks:
         for method in (DEFAULT, PAPER, "patchcore", "rd4ad"):
@@ -341,7 +370,8 @@ def markdown(results: BenchmarkResults, args) -> str:
               "Paper, Brain Tumor (Table 1, WRN-50, released protocol): " + "; ".join(
                   f"{m} {'/'.join(map(str, v))}" for m, v in PAPER_BRAIN_TUMOR.items()) + " (K=2/4/8)."]
     lines += ["", f"## Ablations of the default (seed {args.seeds[0]}, mean ± std over draws)", "",
-              "Scoring ablations reuse the trained default model; training ablations retrain it "
+              "Scoring ablations reuse the trained default model and change the fold's selected scoring as named; "
+              "training ablations retrain it "
               f"(folds {', '.join(args.ablation_folds)}).", "", header, rule]
     for task in tasks:
         for method in [DEFAULT, *SCORING_ABLATIONS, *TRAINING_ABLATIONS]:
@@ -396,7 +426,9 @@ def main() -> int:
     results = BenchmarkResults(args.name, command)
     results.data["default_method"] = DEFAULT
     results.data["selection"] = SELECTION
-    bench = Benchmark(args, results)
+    selected = selected_scoring(Path(args.selection), args.tasks)
+    results.data["scoring_per_fold"] = selected
+    bench = Benchmark(args, results, selected)
     loaded: dict[str, Fold] = {}
 
     def fold_of(target: str) -> Fold:

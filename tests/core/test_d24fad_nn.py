@@ -122,7 +122,13 @@ def test_lesions_score_above_normals_and_normalisation_uses_supports_only(traine
     maps, scores = model.predict(test[:3], restored)
     assert torch.allclose(scores, torch.as_tensor(evaluation.scores[:3]), atol=1e-4)
     assert maps.shape == (3, 64, 64)
-    _, _, weights = model.score_encoded(model.encode_queries(test[:3]), bank)
+    components, _ = model.map_components(model.encode_queries(test[:3]), bank)
+    assert list(components) == list(model.config.maps) and torch.allclose(sum(components.values()), maps, atol=1e-5)
+    with_support = D24FADNN(model.teacher, D24FADNNConfig(maps=("support", "teacher_nn")))
+    with_support.load_learnable_state_dict(model.learnable_state_dict())
+    _, _, weights = with_support.eval().score_encoded(model.encode_queries(test[:3]), with_support.prepare_supports(
+        supports))
+    assert len(weights) == len(with_support.config.support_scales)
     assert all(w.shape == (3, 4) and torch.allclose(w.sum(1), torch.ones(3), atol=1e-4) for w in weights)
 
 
@@ -132,7 +138,7 @@ def test_checkpoint_round_trip_through_the_factory(trained, tmp_path, phantom_im
     model, _ = trained
     save_model(tmp_path / "model.safetensors", model.learnable_state_dict(), {**model.meta(), "image_size": 64})
     loaded, meta = load_trained_model(tmp_path, expected_method=("d24fad_nn",))
-    assert meta["config"]["maps"] == ["support", "teacher_nn"] and meta["config"]["score"] == "top5+mean"
+    assert meta["config"]["maps"] == ["tsd", "teacher_nn"] and meta["config"]["score"] == "top5+mean"
     supports = phantom_images["phantom_head"][:3]
     queries = phantom_images["phantom_head"][3:6]
     assert torch.allclose(loaded.predict(queries, loaded.prepare_supports(supports))[1],

@@ -15,11 +15,13 @@ why (measured in ``docs/METHODS.md``):
   cosine distances with a temperature (not a C·H·W dot product that ends one-hot).
 * **Normalisation that is the same in training and scoring.** GroupNorm instead of BatchNorm,
   whose running statistics come from single-task training batches.
-* **A score that combines the maps that work**: the support map (student features, query vs
-  supports) and teacher-patch nearest neighbour (PatchCore-K), each standardised with statistics
-  of the supports alone (every support scored against the others: leave-one-support-out), summed;
-  the image score is the mean of the fused map's top 5 % plus its mean.  The teacher→student map
-  is available (``maps``) but off: on a chest development set it is inverted (docs/METHODS.md).
+* **A score that combines the maps that work**: the teacher→student map of the query (what the
+  student, trained on other tasks' normals, cannot reproduce) and teacher-patch nearest neighbour
+  to the supports (PatchCore-K), each standardised with statistics of the supports alone (every
+  support scored against the others: leave-one-support-out), summed; the image score is the mean
+  of the fused map's top 5 % plus its mean.  The support map (student features, query vs supports,
+  with the query-conditioned weights) is available (``maps``) but off: the combination was chosen
+  by a rule fixed in advance on development data, not on any test split (docs/METHODS.md).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class D24FADNNConfig:
     #: teacher stages (0 = shallowest) whose student features are matched to the supports; the shallowest
     #: stage's grid (¼ of the input side) would make global nearest neighbour 16× dearer for little gain
     support_scales: tuple[int, ...] = (1, 2)
-    maps: tuple[str, ...] = ("support", "teacher_nn")
+    maps: tuple[str, ...] = ("tsd", "teacher_nn")
     normalise: bool = True
     score: str = "top5+mean"
     augment: str = "none"
@@ -194,11 +196,6 @@ class D24FADNN(nn.Module):
                                                                bank, size)[0]
         return maps, weights
 
-    def _combine(self, maps: dict[str, torch.Tensor], stats: torch.Tensor) -> torch.Tensor:
-        if not self.config.normalise:
-            return torch.stack([maps[name] for name in self.config.maps]).sum(0)
-        return torch.stack([(maps[name] - stats[i, 0]) / stats[i, 1]
-                            for i, name in enumerate(self.config.maps)]).sum(0)
 
     @torch.no_grad()
     def prepare_supports(self, support_images: torch.Tensor) -> SupportBank:
@@ -235,11 +232,22 @@ class D24FADNN(nn.Module):
         return SupportBank.from_tensors(tensors)
 
     @torch.no_grad()
+    def map_components(self, queries: QueryFeatures, supports: SupportBank
+                       ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        """Each configured map (B×H×W), standardised with the supports' statistics unless ``normalise`` is off
+        (the fused map is their sum), and the per-scale support weights."""
+        maps, weights = self._raw_maps(queries, supports.student, supports.patches)
+        if self.config.normalise:
+            maps = {name: (maps[name] - supports.stats[i, 0]) / supports.stats[i, 1]
+                    for i, name in enumerate(self.config.maps)}
+        return maps, weights
+
+    @torch.no_grad()
     def score_encoded(self, queries: QueryFeatures, supports: SupportBank
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Anomaly maps (B×H×W), image scores (B) and per-scale support weights (B×K, mean over locations)."""
-        maps, weights = self._raw_maps(queries, supports.student, supports.patches)
-        combined = self._combine(maps, supports.stats)
+        maps, weights = self.map_components(queries, supports)
+        combined = torch.stack(list(maps.values())).sum(0)
         per_support = [w.mean(dim=(2, 3)).unflatten(1, (-1, supports.k)).sum(1) for w in weights]
         return combined, fused_image_scores(combined, self.config.score), per_support
 
