@@ -9,7 +9,8 @@ shared data (``--data-root``, ``$MEDAD_DATA_ROOT`` or ``../shared/data``).
   are not obtainable offline here and cost the same), 128 px, batch 8: their training steps (anomalib's
   recomputes the teacher, as it trains; medad's reads cached teacher features, as every epoch after the
   first does, and is also measured uncached), the variants the profile led to, and scoring.
-* Cached vs uncached training and scoring for RD4AD and D²4FAD with the offline EfficientNet-Lite0.
+* Cached vs uncached training and scoring for RD4AD and both few-shot models (D²4FAD-NN, the default,
+  and the paper's D²4FAD) with the offline EfficientNet-Lite0.
 * Image decoding in the calling process vs DataLoader workers.
 * ``medad --help`` wall time (console script, fresh process each time).
 * Image AUROC of RD4AD with each bottleneck option (Lite0, 128 px, the ``rd4ad_unsupervised`` protocol).
@@ -41,6 +42,8 @@ from medad.results import BenchmarkResults, interleaved_timings, mean_std, optim
 
 AUROC_TASKS = ["headct", "brainmri", "zhanglab"]
 BOTTLENECKS = ("lean", "standard")
+#: the few-shot models timed: medad's default and the paper's
+FEWSHOT_METHODS = ("d24fad_nn", "d24fad")
 
 
 def parse_args() -> argparse.Namespace:
@@ -193,16 +196,15 @@ def rd4ad_lite_group(image_size: int, batch: int, repeats: int) -> dict:
     return {"steps": summarise(times, batch), "rss": peak_rss_mib()}
 
 
-def d24fad_lite_group(image_size: int, batch: int, k: int, repeats: int) -> dict:
-    from medad.backbones import build_teacher
+def fewshot_lite_group(method: str, image_size: int, batch: int, k: int, repeats: int) -> dict:
     from medad.engine.training import TrainConfig, adam
     from medad.features import FeatureBank
-    from medad.models.d24fad import D24FAD
+    from medad.models.factory import build_model
 
     torch.manual_seed(0)
     cpu = torch.device("cpu")
     queries, supports = torch.rand(batch, 3, image_size, image_size), torch.rand(k, 3, image_size, image_size)
-    model = D24FAD(build_teacher("efficientnet_lite0")).train()
+    model = build_model(method, "efficientnet_lite0").train()
     optimizer = adam([p for p in model.parameters() if p.requires_grad], TrainConfig(), cpu)
     with torch.no_grad():
         bank = FeatureBank(model.teacher(torch.cat([queries, supports])), cpu)
@@ -320,10 +322,12 @@ def collect(results: BenchmarkResults, args: argparse.Namespace) -> None:
     lite = in_subprocess(args.threads, rd4ad_lite_group, args.image_size, args.batch, args.repeats)
     for what, measured in lite["steps"].items():
         results.add_speed(speed_record(what, "rd4ad", "efficientnet_lite0", args, args.batch, measured, lite))
-    few = in_subprocess(args.threads, d24fad_lite_group, args.image_size, args.batch, args.k, args.repeats)
-    for what, measured in few["steps"].items():
-        results.add_speed(speed_record(what, "d24fad", "efficientnet_lite0", args, args.batch, measured, few,
-                                       k=args.k))
+    for method in FEWSHOT_METHODS:
+        few = in_subprocess(args.threads, fewshot_lite_group, method, args.image_size, args.batch, args.k,
+                            args.repeats)
+        for what, measured in few["steps"].items():
+            results.add_speed(speed_record(what, method, "efficientnet_lite0", args, args.batch, measured, few,
+                                           k=args.k))
     decode = in_subprocess(None, decode_group, args.data_root, args.image_size, args.repeats)
     if decode is not None:
         for variant, measured in decode["steps"].items():
