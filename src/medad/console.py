@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from tqdm.auto import tqdm
+if TYPE_CHECKING:  # tqdm takes a fifth of a second to import: ``medad --help`` does without it
+    from tqdm import tqdm
 
 T = TypeVar("T")
 _quiet = False
@@ -35,6 +36,8 @@ def warn(message: str) -> None:
 
 def progress(iterable: Iterable[T], **options: Any) -> tqdm:
     """``tqdm(iterable)``, drawn only on a terminal and never under ``--quiet`` (disabled bars print nothing)."""
+    from tqdm.auto import tqdm
+
     stream = sys.stderr
     drawn = not _quiet and getattr(stream, "isatty", lambda: False)()
     return tqdm(iterable, file=stream, disable=not drawn, **options)

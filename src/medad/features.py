@@ -6,6 +6,9 @@ in any of them is a cache miss.  Entries live in memory and, with
 ``cache_dir``, in one safetensors file per image written atomically, so they
 survive across runs and processes.  Training uses no augmentation, which is
 what makes cached features exact (documented in docs/METHODS.md).
+
+Entries are kept in host memory; :class:`FeatureBank` puts the stacked
+features of a training set where the training steps read them.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ class FeatureCache:
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
         if missing:
-            computed = self.teacher(images[missing])
+            computed = [stage.cpu() for stage in self.teacher(images[missing])]
             for row, index in enumerate(missing):
                 entry = [stage[row].clone() for stage in computed]
                 self._store(keys[index], entry)
@@ -93,3 +96,38 @@ def stack_features(cache: FeatureCache, images: torch.Tensor, batch_size: int = 
     for start in progress(range(0, len(images), batch_size), desc=desc, leave=False, unit="batch"):
         chunks.append(cache.features(images[start:start + batch_size]))
     return [torch.cat([chunk[stage] for chunk in chunks]) for stage in range(len(chunks[0]))]
+
+
+def fits_on_device(stages: list[torch.Tensor], device: torch.device, memory_fraction: float = 0.5) -> bool:
+    """Whether tensors fit in ``memory_fraction`` of a CUDA device's free memory (always true elsewhere)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(stage.numel() * stage.element_size() for stage in stages) <= memory_fraction * free
+
+
+class FeatureBank:
+    """Stacked teacher features of N images (one N×C×h×w tensor per stage), read by batches of row indices.
+
+    On a CUDA device they are kept on the GPU when they fit in half its free memory; otherwise they stay in
+    host memory and each batch is gathered into pinned memory and copied asynchronously.  On the CPU (and
+    MPS, whose memory is shared) they simply live on the device.
+    """
+
+    def __init__(self, stages: list[torch.Tensor], device: torch.device) -> None:
+        self.device = device
+        self.on_device = fits_on_device(stages, device)
+        self.stages = [stage.to(device) for stage in stages] if self.on_device else stages
+
+    def __len__(self) -> int:
+        return len(self.stages[0])
+
+    def __getitem__(self, indices: torch.Tensor) -> list[torch.Tensor]:
+        if self.on_device:
+            return [stage[indices.to(self.device)] for stage in self.stages]
+        batch = []
+        for stage in self.stages:
+            rows = torch.empty((len(indices), *stage.shape[1:]), dtype=stage.dtype, pin_memory=True)
+            torch.index_select(stage, 0, indices, out=rows)
+            batch.append(rows.to(self.device, non_blocking=True))
+        return batch

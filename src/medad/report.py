@@ -235,7 +235,8 @@ def _read_run_folder(folder: Path, inputs: ReportInputs) -> bool:
             method = (metrics.get("checkpoint") or {}).get("method", "model")
             series = method
         inputs.results.append(ResultSource(f"run {name}", folder, [_record_from_run(metrics, method, task, k)],
-                                           info={"command": _command_line(metrics), "created": metrics.get("created")}))
+                                           info={"command": _command_line(metrics), "device": metrics.get("device"),
+                                                 "created": metrics.get("created")}))
         scored = None
         if scores_file.is_file():
             paths, labels, scores = read_scores_csv(scores_file)
@@ -257,7 +258,8 @@ def _read_run_folder(folder: Path, inputs: ReportInputs) -> bool:
         records = [_record_from_run({**record, "checkpoint": checkpoint}, checkpoint.get("method", "d24fad"), task,
                                     record.get("k"), record.get("support_draw")) for record in data.get("records", [])]
         inputs.results.append(ResultSource(f"few-shot run {name} · {task}", fewshot_file, records,
-                                           info={"command": _command_line(data), "created": data.get("created")}))
+                                           info={"command": _command_line(data), "device": data.get("device"),
+                                                 "created": data.get("created")}))
         found_scores: dict[int, ScoreSet] = {}
         for path in sorted(folder.glob(fewshot_scores_file(task, "*", "*")), key=_k_draw_key):
             match = FEWSHOT_SCORES.match(path.name)
@@ -483,8 +485,9 @@ def _table_html(source: ResultSource) -> tuple[str, list[str]]:
 def _speed_html(speed: list[dict[str, Any]]) -> str:
     if not speed:
         return ""
-    keys = ["what", "method", "backbone", "image_size", "k", "batch_size", "images_per_second", "peak_rss_mib"]
-    titles = ["what", "method", "teacher", "px", "K", "batch", "images / s", "peak RSS (MiB)"]
+    keys = ["what", "method", "backbone", "image_size", "k", "batch_size", "images_per_second", "seconds",
+            "peak_rss_mib"]
+    titles = ["what", "method", "teacher", "px", "K", "batch", "images / s", "seconds", "peak RSS (MiB)"]
     body = []
     for record in speed:
         cells = []

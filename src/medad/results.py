@@ -57,6 +57,27 @@ def images_per_second(step: Callable[[], Any], n_images: int, repeats: int = 5, 
     return n_images / statistics.median(times)
 
 
+def interleaved_timings(steps: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1
+                        ) -> dict[str, dict[str, list[float]]]:
+    """Wall and process-CPU seconds of several steps run in turn (A, B, C, A, B, C, …) after ``warmup`` rounds.
+
+    A change in the machine's load during the measurement then affects every step alike, so ratios of their
+    medians hold on a shared machine; the CPU time of a process that computes on one thread does not depend
+    on how long it waited for a core.
+    """
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    timings: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            step()
+            timings[name]["cpu"].append(time.process_time() - cpu)
+            timings[name]["wall"].append(time.perf_counter() - wall)
+    return timings
+
+
 class BenchmarkResults:
     """``benchmarks/results/<name>.json`` with accuracy ``records`` and ``speed`` records."""
 

@@ -1,6 +1,20 @@
-"""Frozen ImageNet teachers with a common feature interface."""
+"""Frozen ImageNet teachers with a common feature interface.
 
-from medad.backbones.base import FeatureStage, MissingWeightsError, Teacher
-from medad.backbones.registry import DEFAULT_TEACHER, available_teachers, build_teacher
+Only ``DEFAULT_TEACHER`` is defined here; the other names import torch and timm, so they load on first
+use and ``medad --help`` starts without them.
+"""
 
-__all__ = ["FeatureStage", "MissingWeightsError", "Teacher", "DEFAULT_TEACHER", "available_teachers", "build_teacher"]
+DEFAULT_TEACHER = "efficientnet_lite0"
+
+_LAZY = {"FeatureStage": "base", "MissingWeightsError": "base", "Teacher": "base",
+         "available_teachers": "registry", "build_teacher": "registry"}
+
+__all__ = ["DEFAULT_TEACHER", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

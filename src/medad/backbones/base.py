@@ -1,9 +1,11 @@
 """The teacher interface every frozen ImageNet encoder implements.
 
 A teacher takes images as float tensors B×3×H×W in [0, 1] (the data layer's
-convention), applies its own ImageNet normalisation and returns a list of
-feature maps, shallow to deep.  ``feature_info`` describes those maps (channels
-and stride), so models never hard-code channel counts or strides.
+convention) on any device (they are moved to the teacher's), applies its own
+ImageNet normalisation and returns a list of float32 feature maps, shallow to
+deep (on CUDA computed under autocast, see ``medad.device``).  ``feature_info``
+describes those maps (channels and stride), so models never hard-code channel
+counts or strides.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from medad.device import autocast
+from medad.errors import MissingWeightsError
+
+__all__ = ["FeatureStage", "MissingWeightsError", "Teacher"]
+
 
 @dataclass(frozen=True)
 class FeatureStage:
@@ -20,10 +27,6 @@ class FeatureStage:
 
     channels: int
     stride: int
-
-
-class MissingWeightsError(FileNotFoundError):
-    """Raised when a teacher's pretrained weights cannot be found offline."""
 
 
 class Teacher(nn.Module):
@@ -60,7 +63,10 @@ class Teacher(nn.Module):
                 f"image size {height}×{width} is not divisible by teacher {self.name}'s deepest stride "
                 f"{self.max_stride}; choose an image size that is a multiple of {self.max_stride}"
             )
-        return self.extract(self.normalise(images))
+        images = images.to(self.mean.device, non_blocking=True)
+        with autocast(images.device):
+            features = self.extract(self.normalise(images))
+        return [feature.float() for feature in features]
 
     def freeze(self) -> "Teacher":
         """Put the teacher in eval mode with gradients off (it is never trained)."""

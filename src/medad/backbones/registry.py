@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medad.backbones import DEFAULT_TEACHER
 from medad.backbones.base import Teacher
 from medad.backbones.efficientnet_lite import WEIGHT_FILES, EfficientNetLite
 from medad.backbones.torchvision_resnets import TorchvisionResNet
 
 TORCHVISION_TEACHERS = ("wide_resnet50_2", "resnet18", "resnet34", "resnet50")
 OFFLINE_TEACHERS = tuple(WEIGHT_FILES)
-DEFAULT_TEACHER = "efficientnet_lite0"
 
 
 def available_teachers() -> list[str]:

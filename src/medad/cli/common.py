@@ -1,4 +1,8 @@
-"""Helpers shared by the CLI commands: configuration, run records, inputs and outputs."""
+"""Helpers shared by the CLI commands: configuration, device, run records, inputs and outputs.
+
+Every command module imports this one while the parser is built, so it must not import torch or
+matplotlib: the helpers that need them import them when they run.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,9 @@ import sys
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 import yaml
 
 from medad import __version__, console
@@ -19,7 +22,9 @@ from medad.cli.errors import CliError
 from medad.data.quality import MIN_SIDE
 from medad.engine.run_folder import REPORT_DIR, SCORES_CSV, SCORES_JSON, RunFolder
 from medad.engine.thresholds import Threshold
-from medad.visualize import heatmap_file_stems, save_heatmap_figure
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_yaml_config(path: str | None) -> dict[str, Any]:
@@ -60,9 +65,47 @@ def parse_model_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def run_record(command: str, options: dict[str, Any]) -> dict[str, Any]:
-    """What a run folder records about how it was made."""
-    return {
+def device_spec(text: str) -> str:
+    """argparse type of ``--device``: checks the spelling (whether the device exists is checked when used)."""
+    from medad.device import DEVICE_PATTERN  # torch: only commands that run a model have --device
+
+    if not DEVICE_PATTERN.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"invalid device {text!r}: use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    """``--device`` on a command that runs a model (``default=None`` where a config file may set it)."""
+    parser.add_argument("--device", type=device_spec, default=default,
+                        help="where models run: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, "
+                             "cuda:N or mps" + (" (default: auto)" if default is None else ""))
+
+
+def select_run_device(spec: str) -> torch.device:
+    """The device of ``--device``, with cuDNN tuned when it is a GPU; says where the run goes."""
+    from medad.device import select_device
+
+    device = select_device(spec)
+    console.info(f"device: {describe_device(device)}")
+    return device
+
+
+def describe_device(device: torch.device) -> str:
+    """e.g. 'cpu (float32)' or 'cuda:0 NVIDIA H100 (autocast bfloat16)'."""
+    import torch
+
+    from medad.device import autocast_dtype
+
+    name = f" {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    dtype = autocast_dtype(device)
+    return f"{device}{name} ({'autocast ' + str(dtype).removeprefix('torch.') if dtype else 'float32'})"
+
+
+def run_record(command: str, options: dict[str, Any], device: torch.device | None = None) -> dict[str, Any]:
+    """What a run folder records about how it was made (and on which device, when given)."""
+    import torch
+
+    record = {
         "command": command,
         "argv": sys.argv,
         "options": options,
@@ -71,6 +114,9 @@ def run_record(command: str, options: dict[str, Any]) -> dict[str, Any]:
                      "numpy": np.__version__},
         "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads".strip(),
     }
+    if device is not None:
+        record["device"] = describe_device(device)
+    return record
 
 
 def write_scores(run: RunFolder, paths: list[str], scores: np.ndarray, labels: list[int] | None = None) -> None:
@@ -88,6 +134,8 @@ def write_heatmaps(out_dir: Path, names: list[str], originals: Iterable[torch.Te
                    labels: list[int] | None = None) -> None:
     """One heat-map figure per image (``names`` give the file names, ``titles`` the captions' first lines;
     ``originals`` the images at their own resolution), on a colour scale shared by all of them."""
+    from medad.visualize import heatmap_file_stems, save_heatmap_figure
+
     out_dir.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
     for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores)):

@@ -15,13 +15,11 @@ import numpy as np
 
 from medad import console
 from medad.backbones import DEFAULT_TEACHER
-from medad.cli.common import add_quiet_option, run_record, write_heatmaps, write_scores
+from medad.cli.common import (add_device_option, add_quiet_option, run_record, select_run_device, write_heatmaps,
+                              write_scores)
 from medad.cli.run_cmd import format_metrics
-from medad.engine.fewshot import draw_supports, evaluate_fewshot, train_fewshot
-from medad.engine.images import load_images
 from medad.engine.run_folder import (DEMO_FILE, DEMO_MODEL_DIR, DEMO_OUTPUTS, DEMO_PHANTOMS_DIR, HEATMAPS_DIR,
                                      SCORES_CSV, RunFolder)
-from medad.engine.training import TrainConfig, seed_everything
 from medad.models.factory import DEFAULT_FEWSHOT_METHOD, FEWSHOT_TRAINING, build_model
 
 SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]
@@ -44,6 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher name")
     demo.add_argument("--seed", type=int, default=0, help="seed of the splits, the training and the supports")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
+    add_device_option(demo)
     add_quiet_option(demo)
     demo.set_defaults(func=run_demo)
 
@@ -73,14 +72,19 @@ def _tasks(args: argparse.Namespace, out_dir: Path):
 
 def run_demo(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_sample_image
+    from medad.device import to_device
+    from medad.engine.fewshot import draw_supports, evaluate_fewshot, train_fewshot
+    from medad.engine.images import load_images
+    from medad.engine.training import TrainConfig, seed_everything
 
     run = RunFolder(args.out)
     with run.for_outputs("demo", DEMO_OUTPUTS, overwrite=args.overwrite):
+        device = select_run_device(args.device)
         seed_everything(args.seed)
         train_tasks, target, source = _tasks(args, run.path)
         console.info(f"few-shot demo ({DEFAULT_FEWSHOT_METHOD}) on {source}: train on {', '.join(t.name for t in train_tasks)}; "
                      f"unseen target {target.name} with K={args.k} normal references; teacher {args.teacher}")
-        model = build_model(DEFAULT_FEWSHOT_METHOD, args.teacher)
+        model = to_device(build_model(DEFAULT_FEWSHOT_METHOD, args.teacher), device)
         task_images = {t.name: load_images(t.train, args.image_size, desc=f"loading {t.name}")[0] for t in train_tasks}
         config = TrainConfig(epochs=args.epochs, batch_size=BUDGET["batch_size"], seed=args.seed)
         result = train_fewshot(model, task_images, config, max_queries_per_task=args.max_queries_per_task,
@@ -99,7 +103,8 @@ def run_demo(args: argparse.Namespace) -> int:
                                                for i in shown],
                        (load_sample_image(target.test[i]) for i in shown), evaluation.maps[shown],
                        evaluation.scores[shown], titles=[paths[i] for i in shown], labels=[labels[i] for i in shown])
-        run.write_json(DEMO_FILE, {**run_record("demo", {k: v for k, v in vars(args).items() if k != "func"}),
+        options = {k: v for k, v in vars(args).items() if k != "func"}
+        run.write_json(DEMO_FILE, {**run_record("demo", options, device),
                                    "source": source, "target": target.name, "train_tasks": list(task_images),
                                    "train_seconds": result.train_seconds,
                                    "support": [str(target.train[i].path) for i in supports], **evaluation.metrics})

@@ -5,40 +5,35 @@ from __future__ import annotations
 import argparse
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from medad import console
 from medad.backbones import DEFAULT_TEACHER
-from medad.cli.common import (add_input_options, add_quiet_option, parse_model_options, percentile_option,
-                              run_record, threshold_option, write_heatmaps, write_run_report)
+from medad.cli.common import (add_device_option, add_input_options, add_quiet_option, describe_device,
+                              parse_model_options, percentile_option, run_record, select_run_device,
+                              threshold_option, write_heatmaps, write_run_report)
 from medad.cli.errors import CliError
-from medad.cli.inputs import load_inputs
-from medad.cli.predictions import print_predictions, score_inputs, write_predictions
 from medad.cli.run_cmd import evaluation_folder, format_metrics
 from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
 from medad.engine.checkpoint import MODEL_FILE
-from medad.engine.evaluate import evaluate_rows
-from medad.engine.fewshot import draw_supports, encode_queries, leave_one_out_scores, train_fewshot
-from medad.engine.images import load_images
 from medad.engine.run_folder import (HEATMAP_INDEX, PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
                                      fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold, support_threshold
-from medad.engine.training import TrainConfig, seed_everything
-from medad.features import image_key
 from medad.io_utils import atomic_path
 from medad.models.factory import (DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, FEWSHOT_TRAINING, build_model,
                                   load_trained_model)
-from medad.visualize import heatmap_file_stems
+
+if TYPE_CHECKING:  # the commands import torch when they run, so that the CLI starts without it
+    import torch
 
 
 #: epochs, batch_size and max_queries_per_task default to the chosen method's budget (FEWSHOT_TRAINING)
 FEWSHOT_TRAIN_DEFAULTS = {"tasks": None, "method": DEFAULT_FEWSHOT_METHOD, "teacher": DEFAULT_TEACHER,
                           "weights": "imagenet", "image_size": 128, "k": [2, 4, 8], "epochs": None,
                           "batch_size": None, "lr": 0.005, "seed": 0, "max_queries_per_task": None,
-                          "model_options": {}, "data_root": None}
+                          "model_options": {}, "data_root": None, "device": "auto"}
 
 
 def _budget(key: str) -> str:
@@ -76,6 +71,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--data-root", dest="data_root",
                        help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
     train.add_argument("--no-cache", action="store_true", help="recompute the teacher every step")
+    add_device_option(train, default=None)
     add_run_options(train)
     train.set_defaults(func=run_train)
 
@@ -93,6 +89,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--overwrite", action="store_true", help="replace this task's earlier results in --out")
     evaluate.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
                           help="skip unreadable files of the task with a warning; listed in the metrics JSON")
+    add_device_option(evaluate)
     add_quiet_option(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 
@@ -119,12 +116,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     score.add_argument("--overwrite", action="store_true", help="replace earlier scores in --out")
     add_input_options(score)
+    add_device_option(score)
     add_quiet_option(score)
     score.set_defaults(func=run_score)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
+    from medad.device import to_device
+    from medad.engine.fewshot import train_fewshot
+    from medad.engine.images import load_images
+    from medad.engine.training import TrainConfig, seed_everything
 
     args.model_options = parse_model_options(args.model_option) or None
     run = RunFolder(args.out)
@@ -136,9 +138,11 @@ def run_train(args: argparse.Namespace) -> int:
             raise CliError("medad fewshot train needs --tasks (registry names or folders)")
         if args.resume and not epochs_left(run, options["epochs"]):
             return 0
+        device = select_run_device(options["device"])
         seed_everything(options["seed"])
         model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
         check_image_size(model, options["image_size"])
+        to_device(model, device)
         tasks = [load_task(name, root=options["data_root"], seed=options["seed"], skip_unreadable=args.skip_unreadable)
                  for name in options["tasks"]]
         task_images = {task.name: load_images(task.train, options["image_size"], desc=f"loading {task.name}")[0]
@@ -146,7 +150,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
                              seed=options["seed"], use_cache=not args.no_cache)
         run.start(config_record(run, "fewshot train", options, args.resume, model=model.meta(),
-                                n_train={name: len(images) for name, images in task_images.items()}))
+                                n_train={name: len(images) for name, images in task_images.items()},
+                                device=describe_device(device)))
         run.write_skipped([(str(s.path), s.reason) for task in tasks for s in task.skipped])
         result = train_fewshot(model, task_images, config, ks=tuple(options["k"]),
                                max_queries_per_task=options["max_queries_per_task"], out_dir=run.path,
@@ -162,7 +167,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     run = evaluation_folder(args)
     run.check_writable()
-    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=FEWSHOT_METHODS)
+    device = select_run_device(args.device)
+    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=FEWSHOT_METHODS, device=device)
     task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
     if task.name in meta.get("train_tasks", []):
         raise CliError(f"--task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
@@ -172,7 +178,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, task) -> None:
+    import torch
+
     from medad.data.tasks import load_sample_image
+    from medad.device import module_device
+    from medad.engine.evaluate import evaluate_rows
+    from medad.engine.fewshot import draw_supports, encode_queries
+    from medad.engine.images import load_images
+    from medad.visualize import heatmap_file_stems
 
     size = meta["image_size"]
     normals, _ = load_images(task.train, size, desc=f"loading {task.name} normals")
@@ -226,7 +239,8 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
         console.info(f"{task.name} K={k}: AUROC {np.mean(aurocs):.4f} ± {np.std(aurocs):.4f} over {len(aurocs)} draws")
     options = {key: value for key, value in vars(args).items() if key != "func"}
     run.write_json(fewshot_metrics_file(task.name),
-                   {**run_record("fewshot evaluate", options), "task": task.name, "checkpoint": meta,
+                   {**run_record("fewshot evaluate", options, module_device(model)), "task": task.name,
+                    "checkpoint": meta,
                     "records": records, "summary": summary,
                     "skipped": [{"path": str(s.path), "reason": s.reason} for s in task.skipped]})
     if not args.no_report:
@@ -234,6 +248,8 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
 
 
 def _support_cache_file(cache_dir: Path, checkpoint: Path, images: torch.Tensor) -> Path:
+    from medad.features import image_key
+
     digest = hashlib.sha1(checkpoint.read_bytes())
     for image in images:
         digest.update(image_key(image).encode())
@@ -241,17 +257,28 @@ def _support_cache_file(cache_dir: Path, checkpoint: Path, images: torch.Tensor)
 
 
 def load_or_prepare_supports(model, checkpoint: Path, support_images: torch.Tensor, cache_dir: Path):
-    """Support features from the cache when this checkpoint has seen these images, else computed and stored."""
+    """Support features from the cache when this checkpoint has seen these images, else computed and stored.
+
+    The cache holds host tensors; they are loaded onto the model's device.
+    """
+    from safetensors.torch import load_file, save_file
+
+    from medad.device import module_device
+
     path = _support_cache_file(cache_dir, checkpoint, support_images)
     if path.is_file():
-        return model.supports_from_tensors(load_file(str(path)))
+        return model.supports_from_tensors(load_file(str(path), device=str(module_device(model))))
     supports = model.prepare_supports(support_images)
     with atomic_path(path) as tmp:
-        save_file(supports.to_tensors(), str(tmp))
+        save_file({name: tensor.cpu() for name, tensor in supports.to_tensors().items()}, str(tmp))
     return supports
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from medad.cli.inputs import load_inputs
+    from medad.cli.predictions import print_predictions, score_inputs, write_predictions
+    from medad.engine.fewshot import leave_one_out_scores
+
     run = RunFolder(args.out)
     heatmaps = RunFolder(args.heatmaps, flag="--heatmaps") if args.heatmaps else None
     with run.for_outputs("fewshot score", PREDICT_OUTPUTS, overwrite=args.overwrite):
@@ -259,7 +286,9 @@ def run_score(args: argparse.Namespace) -> int:
             heatmaps.check_writable()
         checkpoint = Path(args.checkpoint)
         checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
-        model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=FEWSHOT_METHODS)
+        device = select_run_device(args.device)
+        model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=FEWSHOT_METHODS,
+                                         device=device)
         size = meta["image_size"]
         read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}
         support = load_inputs(args.support, size, flag="--support", **read)
@@ -286,7 +315,7 @@ def run_score(args: argparse.Namespace) -> int:
             threshold = fixed_threshold(args.threshold)
         queries.skipped += support.skipped
         scored = score_inputs(queries, predict)
-        record = {**run_record("fewshot score", {k: v for k, v in vars(args).items() if k != "func"}),
+        record = {**run_record("fewshot score", {k: v for k, v in vars(args).items() if k != "func"}, device),
                   "checkpoint": meta, "support": [str(image.path) for image in support.images]}
         write_predictions(run, scored, threshold, heatmaps.path if heatmaps else None, record)
     print_predictions(scored, threshold)

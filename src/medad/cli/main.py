@@ -37,12 +37,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from medad.backbones import MissingWeightsError
     from medad.cli.errors import CliError
     from medad.data.io import ImageReadError, MissingDependencyError
     from medad.data.tasks import TaskLayoutError
-    from medad.engine.checkpoint import CheckpointError
     from medad.engine.run_folder import RunFolderError, TrainingInterrupted
+    from medad.errors import CheckpointError, MissingWeightsError
 
     handled = (CliError, RunFolderError, MissingWeightsError, CheckpointError, ImageReadError, TaskLayoutError,
                MissingDependencyError, OSError)

@@ -7,25 +7,19 @@ from pathlib import Path
 
 from medad import console
 from medad.backbones import DEFAULT_TEACHER
-from medad.cli.common import (add_input_options, add_quiet_option, parse_model_options, percentile_option,
-                              run_record, write_heatmaps, write_run_report, write_scores)
+from medad.cli.common import (add_device_option, add_input_options, add_quiet_option, describe_device,
+                              parse_model_options, percentile_option, run_record, select_run_device, write_heatmaps,
+                              write_run_report, write_scores)
 from medad.cli.errors import CliError
-from medad.cli.inputs import load_inputs
-from medad.cli.predictions import print_predictions, score_inputs, write_predictions
 from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
 from medad.engine.checkpoint import MODEL_FILE
-from medad.engine.evaluate import evaluate_images
-from medad.engine.images import load_images
 from medad.engine.run_folder import (EVALUATE_OUTPUTS, HEATMAPS_DIR, METRICS_FILE, PREDICT_OUTPUTS, RunFolder)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
-from medad.engine.training import TrainConfig, seed_everything
-from medad.engine.unsupervised import train_unsupervised
-from medad.features import FeatureCache
 from medad.models.factory import FEWSHOT_METHODS, build_model, load_trained_model
 
 TRAIN_DEFAULTS = {"method": "rd4ad", "task": None, "teacher": DEFAULT_TEACHER, "weights": "imagenet",
                   "image_size": 128, "epochs": 20, "batch_size": 16, "lr": 0.005, "seed": 0,
-                  "data_root": None, "cache_dir": None, "model_options": {}}
+                  "data_root": None, "cache_dir": None, "model_options": {}, "device": "auto"}
 
 
 def _default(key: str) -> str:
@@ -55,6 +49,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                        help="model setting, repeatable (default: the method's defaults)")
     train.add_argument("--config", help="YAML file of options (flags win)")
+    add_device_option(train, default=None)
     add_run_options(train)
     train.set_defaults(func=run_train)
 
@@ -73,6 +68,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--overwrite", action="store_true", help="replace earlier metrics and scores in --out")
     evaluate.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",
                           help="skip unreadable files of the task with a warning; listed in OUT/skipped_files.csv")
+    add_device_option(evaluate)
     add_quiet_option(evaluate)
     evaluate.set_defaults(func=run_evaluate)
 
@@ -93,12 +89,18 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     predict.add_argument("--overwrite", action="store_true", help="replace earlier predictions in --out")
     add_input_options(predict)
+    add_device_option(predict)
     add_quiet_option(predict)
     predict.set_defaults(func=run_predict)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
+    from medad.device import to_device
+    from medad.engine.images import load_images
+    from medad.engine.training import TrainConfig, seed_everything
+    from medad.engine.unsupervised import train_unsupervised
+    from medad.features import FeatureCache
 
     args.model_options = parse_model_options(args.model_option) or None
     run = RunFolder(args.out)
@@ -108,9 +110,11 @@ def run_train(args: argparse.Namespace) -> int:
             raise CliError("medad train needs --task (a registry name or a folder)")
         if args.resume and not epochs_left(run, options["epochs"]):
             return 0
+        device = select_run_device(options["device"])
         seed_everything(options["seed"])
         model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
         check_image_size(model, options["image_size"])
+        to_device(model, device)
         task = load_task(options["task"], root=options["data_root"], seed=options["seed"],
                          skip_unreadable=args.skip_unreadable)
         images, _ = load_images(task.train, options["image_size"], desc=f"loading {task.name} train")
@@ -118,7 +122,7 @@ def run_train(args: argparse.Namespace) -> int:
                              seed=options["seed"], use_cache=not args.no_cache,
                              cosine_schedule=options["method"] == "pdd")
         run.start(config_record(run, "train", options, args.resume, task=task.name, n_train=len(task.train),
-                                model=model.meta()))
+                                model=model.meta(), device=describe_device(device)))
         run.write_skipped([(str(s.path), s.reason) for s in task.skipped])
         cache = FeatureCache(model.teacher, options["cache_dir"]) if config.use_cache else None
         result = train_unsupervised(model, images, config, out_dir=run.path, resume=args.resume, cache=cache,
@@ -139,17 +143,20 @@ def evaluation_folder(args: argparse.Namespace) -> RunFolder:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_sample_image, load_task
+    from medad.engine.evaluate import evaluate_images
+    from medad.engine.images import load_images
 
     run = evaluation_folder(args)
     with run.for_outputs("evaluate", EVALUATE_OUTPUTS, overwrite=args.overwrite):
-        model, meta = load_trained_model(args.checkpoint, args.weights)
+        device = select_run_device(args.device)
+        model, meta = load_trained_model(args.checkpoint, args.weights, device=device)
         if meta["method"] in FEWSHOT_METHODS:
             raise CliError(f"--checkpoint {args.checkpoint} is a few-shot checkpoint: use 'medad fewshot evaluate'")
         task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
         images, masks = load_images(task.test, meta["image_size"], desc=f"loading {task.name} test")
         labels = [sample.label for sample in task.test]
         evaluation = evaluate_images(model.predict, images, labels, masks, args.batch_size)
-        run.write_json(METRICS_FILE, {**run_record("evaluate", vars_without_func(args)), "task": task.name,
+        run.write_json(METRICS_FILE, {**run_record("evaluate", vars_without_func(args), device), "task": task.name,
                                       "checkpoint": meta, **evaluation.metrics})
         paths = [str(sample.path) + (f"#slice{sample.slice_index}" if sample.slice_index is not None else "")
                  for sample in task.test]
@@ -165,9 +172,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from medad.cli.inputs import load_inputs
+    from medad.cli.predictions import print_predictions, score_inputs, write_predictions
+
     run = RunFolder(args.out)
     with run.for_outputs("predict", PREDICT_OUTPUTS, overwrite=args.overwrite):
-        model, meta = load_trained_model(args.checkpoint, args.weights)
+        device = select_run_device(args.device)
+        model, meta = load_trained_model(args.checkpoint, args.weights, device=device)
         if meta["method"] in FEWSHOT_METHODS:
             raise CliError(f"--checkpoint {args.checkpoint} is a few-shot checkpoint: use 'medad fewshot score'")
         read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}
@@ -179,7 +190,7 @@ def run_predict(args: argparse.Namespace) -> int:
             inputs.skipped += heldout.skipped
             threshold = heldout_threshold(scored.unit_scores(), args.threshold_percentile, args.threshold_from)
         scored = score_inputs(inputs, model.predict, args.batch_size)
-        record = {**run_record("predict", vars_without_func(args)), "checkpoint": meta}
+        record = {**run_record("predict", vars_without_func(args), device), "checkpoint": meta}
         write_predictions(run, scored, threshold, run.file(HEATMAPS_DIR), record)
     print_predictions(scored, threshold)
     return 0

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime, timezone
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medad import console
 from medad.cli.common import add_quiet_option, resolve_options, run_record
 from medad.cli.errors import CliError
 from medad.engine.run_folder import RunFolder
 
-# What a resumed run may change: how long it trains and where its data and caches are.
-RESUME_MAY_CHANGE = frozenset({"epochs", "data_root", "cache_dir"})
+if TYPE_CHECKING:
+    import torch
+
+# What a resumed run may change: how long it trains, where its data and caches are and on which device.
+RESUME_MAY_CHANGE = frozenset({"epochs", "data_root", "cache_dir", "device"})
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +24,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true",
                        help="continue the interrupted or shorter run in --out (its options are reused; only "
-                            "--epochs, --data-root and --cache-dir may change)")
+                            "--epochs, --data-root, --cache-dir and --device may change)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace the run in --out (refused without this flag or --resume)")
     parser.add_argument("--skip-unreadable", dest="skip_unreadable", action="store_true",

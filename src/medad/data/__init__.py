@@ -13,8 +13,6 @@ from .tasks import (NORMAL_NAMES, RemovedSample, Sample, SkippedFile, Task, Task
 from .registry import data_root, list_tasks, task_info
 from .leakage import (cross_split_duplicates, cross_task_overlap, dedupe_task, find_duplicates,
                       pixel_hash)
-from .phantom import make_phantom, make_phantom_task
-from .dataset import SampleDataset
 from .check import check_task, format_check
 
 __all__ = [
@@ -32,3 +30,15 @@ __all__ = [
     "SampleDataset",
     "check_task", "format_check",
 ]
+
+
+#: names whose modules import torch or scipy: loaded on first use, so that ``medad data`` starts fast
+_LAZY = {"SampleDataset": ".dataset", "make_phantom": ".phantom", "make_phantom_task": ".phantom"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

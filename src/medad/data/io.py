@@ -54,10 +54,12 @@ import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ImageReadError",
@@ -95,6 +97,9 @@ class ImageReadError(ValueError):
             "with a warning (--skip-unreadable; skip_unreadable=True in Python)"
         )
         super().__init__(f"{self.path}: {problem}. What to do: {self.hint}.")
+
+    def __reduce__(self):  # pickled with its fields, so that it crosses from a DataLoader worker intact
+        return type(self), (self.path, self.problem, self.hint)
 
 
 class MissingDependencyError(ImportError):
@@ -397,6 +402,8 @@ def to_unit_float(decoded: DecodedImage, window: tuple[float, float] | None = No
 
 def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
     """``H×W`` or ``H×W×C`` float array → ``3×H×W`` float32 tensor (grey replicated)."""
+    import torch  # imported when an image is read, not when the CLI starts
+
     arr = np.ascontiguousarray(arr, dtype=np.float32)
     if not arr.flags.writeable:  # e.g. a slice of a cached, read-only volume
         arr = arr.copy()
@@ -455,6 +462,8 @@ def read_mask(path: str | os.PathLike) -> torch.Tensor:
             raise ImageReadError(path, f"mask is not a readable image ({exc})") from exc
     else:
         arr = decode_image(path).array
+    import torch
+
     if arr.ndim == 3:
         arr = arr.max(axis=2)
     if _suffix(path) in LOSSY_SUFFIXES:

@@ -39,9 +39,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from threading import Lock
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from .io import ImageReadError, MissingDependencyError, _require, _suffix, array_to_tensor
 
@@ -299,6 +302,8 @@ def read_volume_slice(path: str | os.PathLike, index: int) -> torch.Tensor:
 
 def read_label_slice(path: str | os.PathLike, index: int) -> torch.Tensor:
     """Axial slice ``index`` of a label volume as mask ``1×y×x`` in ``{0, 1}`` (label > 0)."""
+    import torch
+
     path = Path(path)
     vol = read_volume(path)
     i = _check_index(path, vol, index)

@@ -15,21 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors import SafetensorError, safe_open
 
 from medad import __version__
+from medad.errors import CheckpointError
 from medad.io_utils import atomic_path
+
+if TYPE_CHECKING:  # torch is imported by the functions that read or write tensors, so that the CLI (which
+    import torch  # uses this module's names while it builds its parser) starts without it
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, damaged or does not fit the model asked for."""
 
 
 def _digest(meta_json: str, shapes: dict[str, list[int]]) -> str:
@@ -45,6 +43,8 @@ def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict
     meta_json = json.dumps({**meta, "medad_version": __version__})
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
     shapes = {key: list(value.shape) for key, value in tensors.items()}
+    from safetensors.torch import save_file
+
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"medad": meta_json, "medad_sha256": _digest(meta_json, shapes)})
 
@@ -82,6 +82,8 @@ def load_model(path: str | Path, expected_method: str | tuple[str, ...] | None =
     expected = (expected_method,) if isinstance(expected_method, str) else expected_method
     if expected is not None and meta.get("method") not in expected:
         raise CheckpointError(f"{path} is a {meta.get('method')!r} checkpoint, not {' or '.join(map(repr, expected))}")
+    from safetensors.torch import load_file
+
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
@@ -90,11 +92,15 @@ def load_model(path: str | Path, expected_method: str | tuple[str, ...] | None =
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip errors of many kinds all mean "unusable"

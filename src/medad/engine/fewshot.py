@@ -20,7 +20,8 @@ import torch
 
 from medad.engine.evaluate import Evaluation, evaluate_rows
 from medad.engine.training import TrainConfig, TrainResult, fit
-from medad.features import FeatureCache, stack_features
+from medad.device import module_device
+from medad.features import FeatureBank, FeatureCache, stack_features
 from medad.models.d24fad import QueryFeatures
 from medad.models.support_matching import mean_pairwise_cosine
 
@@ -71,10 +72,12 @@ def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], 
     meta = {**model.meta(), "image_size": image_size, "train_tasks": names, "ks": list(ks)}
     if config.use_cache:
         cache = cache or FeatureCache(model.teacher)
-        features = [stack_features(cache, task_images[name], desc=f"teacher features {name}") for name in names]
+        device = module_device(model)
+        features = [FeatureBank(stack_features(cache, task_images[name], desc=f"teacher features {name}"), device)
+                    for name in names]
 
         def teacher_features(task: int, indices: torch.Tensor) -> list[torch.Tensor]:
-            return [stage[indices] for stage in features[task]]
+            return features[task][indices]
     else:
         def teacher_features(task: int, indices: torch.Tensor) -> list[torch.Tensor]:
             with torch.no_grad():

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from medad.engine.training import TrainConfig, TrainResult, fit, index_batches
-from medad.features import FeatureCache, stack_features
+from medad.device import module_device
+from medad.features import FeatureBank, FeatureCache, stack_features
 
 
 def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: TrainConfig, *,
@@ -17,16 +18,18 @@ def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: Tra
 
     With ``config.use_cache`` the frozen teacher runs once per image (through
     ``cache``, which may be shared across runs); otherwise every step recomputes it.
+    Training runs on the model's device (move the model there first).
     """
     if len(images) == 0:
         raise ValueError("cannot train on an empty set of normal images")
     meta = {**model.meta(), "image_size": int(images.shape[-1])}
     if config.use_cache:
         cache = cache or FeatureCache(model.teacher)
-        features = stack_features(cache, images, batch_size=max(config.batch_size, 16))
+        features = FeatureBank(stack_features(cache, images, batch_size=max(config.batch_size, 16)),
+                               module_device(model))
 
         def loss_for_batch(indices: torch.Tensor) -> torch.Tensor:
-            return model.loss([stage[indices] for stage in features])
+            return model.loss(features[indices])
     else:
         def loss_for_batch(indices: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():

@@ -1,15 +1,19 @@
-"""Build a model by method name, and rebuild a trained one from its checkpoint."""
+"""Build a model by method name, and rebuild a trained one from its checkpoint.
+
+The model modules (torch, timm) are imported when a model is built, so that the CLI can read this module's
+method names while it builds its parser.
+"""
 
 from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medad.engine.checkpoint import CheckpointError, load_model
-from medad.models.rd4ad import RD4AD, RD4ADConfig
+
+if TYPE_CHECKING:
+    import torch
 
 
 #: few-shot methods, the recommended one first (``docs/METHODS.md`` says why it replaces the paper's model)
@@ -37,6 +41,7 @@ def model_classes() -> dict[str, tuple[type, type]]:
     """method name → (model class, config class)."""
     from medad.models.d24fad import D24FAD, D24FADConfig
     from medad.models.d24fad_nn import D24FADNN, D24FADNNConfig
+    from medad.models.rd4ad import RD4AD, RD4ADConfig
 
     classes: dict[str, tuple[type, type]] = {"rd4ad": (RD4AD, RD4ADConfig), "d24fad": (D24FAD, D24FADConfig),
                                              "d24fad_nn": (D24FADNN, D24FADNNConfig)}
@@ -58,14 +63,25 @@ def build_model(method: str, teacher: str, config: dict[str, Any] | None = None,
     return model_class.from_teacher_names(teacher, _config_from(config_class, config), teacher_weights)
 
 
+def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's model options, completed with the ``legacy_defaults`` of options added after it was saved."""
+    classes = model_classes()
+    legacy = getattr(classes[meta["method"]][1], "legacy_defaults", {}) if meta.get("method") in classes else {}
+    return {**legacy, **(meta.get("config") or {})}
+
+
 def load_trained_model(checkpoint: str | Path, teacher_weights: str | Path | None = "imagenet",
-                       expected_method: str | tuple[str, ...] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The trained model of a checkpoint (file or run folder) and its metadata.
+                       expected_method: str | tuple[str, ...] | None = None, device: str | torch.device = "cpu"
+                       ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model of a checkpoint (file or run folder) and its metadata, on ``device``.
 
     Weights whose names or shapes do not fit the model the metadata describes are a :class:`CheckpointError`.
+    Checkpoints hold host tensors whatever device trained them, so any checkpoint loads on any device.
     """
+    from medad.device import resolve_device, to_device
+
     state, meta = load_model(checkpoint, expected_method)
-    model = build_model(meta["method"], meta["teacher"], meta.get("config"), teacher_weights)
+    model = build_model(meta["method"], meta["teacher"], _saved_config(meta), teacher_weights)
     try:
         model.load_learnable_state_dict(state)
     except (RuntimeError, ValueError) as error:
@@ -74,5 +90,5 @@ def load_trained_model(checkpoint: str | Path, teacher_weights: str | Path | Non
                               f"describes (teacher {meta['teacher']}): {first}; the metadata was edited or the "
                               "file is damaged, so train again or use the original file") from error
     model.eval()
-    return model, meta
+    return to_device(model, resolve_device(device)), meta
 

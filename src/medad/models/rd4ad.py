@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,9 +15,17 @@ from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, dist
 
 @dataclass
 class RD4ADConfig:
-    """RD4AD's settings (the paper's defaults; ``loss_mode="flattened"`` = released code)."""
+    """RD4AD's settings (the paper's defaults; ``loss_mode="flattened"`` = released code).
+
+    ``bottleneck``: ``lean`` (the default, RD4AD's released fusion) or ``standard`` (medad's first, heavier
+    one: about 45 % more training FLOPs with WideResNet-50, same accuracy; ``benchmarks/results/speed.md``).
+    """
+
+    #: values for checkpoints saved before an option existed (their stored config lacks the key)
+    legacy_defaults: ClassVar[dict[str, Any]] = {"bottleneck": "standard"}
 
     blocks_per_stage: int = 2
+    bottleneck: str = "lean"
     loss_mode: str = "per_location"
     score_reduce: str = "max"
     sigma: float = DEFAULT_SIGMA
@@ -36,7 +45,7 @@ class RD4AD(nn.Module):
         super().__init__()
         self.config = config or RD4ADConfig()
         self.teacher = teacher
-        self.student = Student(teacher.feature_info, self.config.blocks_per_stage)
+        self.student = Student(teacher.feature_info, self.config.blocks_per_stage, bottleneck=self.config.bottleneck)
 
     @classmethod
     def from_teacher_names(cls, teacher: str, config: RD4ADConfig, teacher_weights) -> "RD4AD":

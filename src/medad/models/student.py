@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from medad.backbones.base import FeatureStage
+from medad.device import autocast
 
 
 #: normalisation layers a student can use: BatchNorm (RD4AD's) or GroupNorm, which behaves the same in
@@ -85,15 +86,36 @@ def _downsampler(in_channels: int, out_channels: int, factor: int, norm: str = "
     return nn.Sequential(*layers)
 
 
+def _lean_aligner(stages: list[FeatureStage], index: int, norm: str = "batch") -> nn.Module:
+    """Stage ``index`` brought to the deepest stage's resolution as RD4AD's released code does: each stride-2
+    step widens to the channels of the stage at that stride; the deepest stage passes through unchanged."""
+    steps = []
+    for source, target in zip(stages[index:], stages[index + 1:]):
+        if target.stride != 2 * source.stride:
+            raise ValueError(f"the lean bottleneck needs teacher strides doubling stage by stage, got "
+                             f"{[stage.stride for stage in stages]}; use bottleneck='standard'")
+        steps.append(_conv_bn_relu(source.channels, target.channels, stride=2, norm=norm))
+    return nn.Sequential(*steps) if steps else nn.Identity()
+
+
+#: bottleneck kinds: ``standard`` maps every stage to the deepest width at full width, then refines the deepest
+#: stage with a 3×3 conv; ``lean`` (RD4AD's released fusion) widens step by step and passes the deepest through
+BOTTLENECKS = ("standard", "lean")
+
+
 class Bottleneck(nn.Module):
     """Multi-scale fusion of teacher stages into one compact embedding (RD4AD's OCBE)."""
 
-    def __init__(self, stages: list[FeatureStage], embedding_channels: int | None = None, norm: str = "batch") -> None:
+    def __init__(self, stages: list[FeatureStage], embedding_channels: int | None = None,
+                 kind: str = "standard", norm: str = "batch") -> None:
         super().__init__()
+        if kind not in BOTTLENECKS:
+            raise ValueError(f"unknown bottleneck {kind!r}; choose one of {', '.join(BOTTLENECKS)}")
         deepest = stages[-1]
         self.embedding_channels = embedding_channels or 2 * deepest.channels
         self.align = nn.ModuleList(
             [_downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride, norm) for stage in stages]
+            if kind == "standard" else [_lean_aligner(stages, index, norm) for index in range(len(stages))]
         )
         fused = deepest.channels * len(stages)
         first = (ResidualBlock(fused, self.embedding_channels, stride=2, norm=norm)
@@ -144,10 +166,13 @@ class Decoder(nn.Module):
 class Student(nn.Module):
     """Bottleneck + decoder: teacher features → reconstructed teacher features."""
 
-    def __init__(self, stages: list[FeatureStage], blocks_per_stage: int = 2, norm: str = "batch") -> None:
+    def __init__(self, stages: list[FeatureStage], blocks_per_stage: int = 2, norm: str = "batch",
+                 bottleneck: str = "standard") -> None:
         super().__init__()
-        self.bottleneck = Bottleneck(stages, norm=norm)
+        self.bottleneck = Bottleneck(stages, kind=bottleneck, norm=norm)
         self.decoder = Decoder(stages, self.bottleneck.embedding_channels, blocks_per_stage, norm)
 
     def forward(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return self.decoder(self.bottleneck(teacher_features))
+        with autocast(teacher_features[0].device):
+            outputs = self.decoder(self.bottleneck(teacher_features))
+        return [output.float() for output in outputs]
