@@ -32,10 +32,15 @@ def rd4ad_checkpoint(tmp_path_factory, phantom_head):
 
 @pytest.fixture(scope="session")
 def fewshot_checkpoint(tmp_path_factory, phantom_chest):
-    """A 1-epoch few-shot run folder at 64 px (read-only for the tests)."""
+    """A 1-epoch few-shot run folder at 64 px (read-only for the tests).
+
+    It scores with all three maps, so the tests also see the support map and its learned support weights
+    (the default leaves that map out).
+    """
     from medad.cli.main import main
 
     out = tmp_path_factory.mktemp("fewshot_checkpoint") / "run"
     assert main(["fewshot", "train", "--tasks", str(phantom_chest.root), "--out", str(out), "--epochs", "1",
-                 "--image-size", "64", "--k", "2", "--batch-size", "4", "--quiet"]) == 0
+                 "--image-size", "64", "--k", "2", "--batch-size", "4", "--quiet",
+                 "--model-option", "maps=[support,tsd,teacher_nn]"]) == 0
     return out
