@@ -1,22 +1,21 @@
-"""PDD with two offline ImageNet teachers on the shared medical sets (issue: PDD), plus the Table 3/4 ablations.
+"""PDD with two offline ImageNet teachers on the shared medical sets, next to RD4AD trained here on the same splits
+with the same budget, the paper's Table 3/4 ablations and its multi-class setting (Table 2).
 
 Regenerate:  python benchmarks/pdd_unsupervised.py
-Writes benchmarks/results/pdd_unsupervised.json (+ .md).  Resumable: re-running the same command skips the
-(method, task, seed) records already written.
+Writes benchmarks/results/pdd_unsupervised.json (+ .md).  Resumable, so it can run in pieces: re-running the
+same command skips the records already written, and a training that was cut off continues from its last finished
+epoch (run folders under --runs, teacher features cached under --cache).
 
-The paper's teachers are WideResNet-50 + VMamba-Tiny; VMamba's ImageNet weights cannot be obtained offline
-here, so the default pair is EfficientNet-Lite0 (teacher 1, the CNN role) + EfficientNet-Lite2 (teacher 2),
-both with their ImageNet weights, at 128 px (the paper: 256 px).  Same tasks and splits as
-benchmarks/rd4ad_unsupervised.py; training length is set in optimiser steps, epochs =
-max(1, round(steps / batches_per_epoch)): 200 steps (RD4AD's benchmark uses 300; a PDD step costs about
-twice as much, and 3 seeds + 10 ablation runs must fit the time box).  Main rows: 3 seeds; ablation rows:
-the first seed.  Adam lr 2e-3 (paper, Sec. 4.1) with cosine annealing over the
-epochs; β = (0.5, 0.999) (the project's Adam default; the paper does not state β).
+Rows (records; ``method`` names the row):
+* ``pdd`` (the 2t2s model) and ``rd4ad`` on every task, --seeds (≥ 3);
+* ablations on --ablation-tasks, --ablation-seeds: Table 3 — ``pdd[1t1s]``, ``pdd[2t1s]``, ``pdd[2t1s+mpa]``
+  (``pdd`` is 2t2s); Table 4 — ``pdd[s-s-map]`` (M1), ``pdd[s-s-map+no-div]`` (M2), ``pdd[no-div]`` (M3);
+* multi-class (Table 2 setting): ``pdd[multi-class]`` and ``rd4ad[multi-class]``, one model per seed trained on the
+  union of --multiclass-tasks' normal training images, evaluated on each task's test split.
 
-Ablation rows (on --ablation-tasks, default brainmri and zhanglab), recorded as method ``pdd[<row>]``:
-Table 3 — ``1t1s`` (teacher 1 only, Student 1), ``2t1s`` (both teachers + InA/MMU, Student 1),
-``2t1s+mpa`` (Student 2 only); the full model (``pdd``) is the 2t2s row.  Table 4 — ``s-s-map``
-(score = student–student map, L_div on) and ``no-div`` (teacher–student map, L_div off).
+Teachers: EfficientNet-Lite0 (teacher 1, the CNN role) + EfficientNet-Lite2 (teacher 2); VMamba's ImageNet weights
+cannot be had offline.  RD4AD uses teacher 1 alone.  Every setting is fixed before the run (the JSON's
+``selection`` says how each was chosen); test labels are only used to compute the reported metrics.
 """
 
 from __future__ import annotations
@@ -28,26 +27,26 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from medad.backbones import build_teacher
 from medad.backbones.pair import build_teacher_pair
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images
 from medad.engine.images import load_images
-from medad.engine.training import TrainConfig, seed_everything
+from medad.engine.run_folder import RunFolder
+from medad.engine.training import TrainConfig, TrainResult, seed_everything
 from medad.engine.unsupervised import train_unsupervised
-from medad.features import FeatureCache
+from medad.features import FeatureCache, stack_features
 from medad.models.pdd import ABLATIONS, PDD, PDDConfig
-from medad.results import (
-    BenchmarkResults,
-    add_one_class_speed,
-    group_records,
-    mean_std,
-)
+from medad.models.rd4ad import RD4AD
+from medad.results import BenchmarkResults, add_one_class_speed, group_records, mean_std
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 ABLATION_TASKS = ["brainmri", "zhanglab"]
-ABLATION_ROWS = ["1t1s", "2t1s", "2t1s+mpa", "s-s-map", "no-div"]
+ABLATION_ROWS = ["1t1s", "2t1s", "2t1s+mpa", "s-s-map", "s-s-map+no-div", "no-div"]
+MULTICLASS_TASKS = ["headct", "brainmri", "zhanglab"]
 DEFAULT_TEACHERS = "efficientnet_lite0+efficientnet_lite2"
 PAPER_NAMES = {"headct": "HeadCT", "brainmri": "BrainMRI", "zhanglab": "ZhangLab", "nih_cxr": "NIH CXR (64 px)",
                "brats_slices": "BraTS slices"}
@@ -60,29 +59,47 @@ PAPER_ABLATIONS = {
     ("zhanglab", "pdd[2t1s+mpa]"): "92.9 / 96.6 / 90.3 (T3 M4)",
     ("zhanglab", "pdd"): "94.0 / 99.0 / 96.6 (T3 Ours)",
     ("brainmri", "pdd[s-s-map]"): "32.5 / 81.2 / 93.0 (T4 M1)",
+    ("brainmri", "pdd[s-s-map+no-div]"): "70.5 / 97.3 / 95.7 (T4 M2)",
     ("brainmri", "pdd[no-div]"): "93.4 / 98.8 / 95.9 (T4 M3)",
     ("brainmri", "pdd"): "96.7 / 99.5 / 97.6 (T4 Ours)",
 }
+#: epochs of the training log kept in each record (evenly spaced, the last included)
+LOG_POINTS = 20
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=TASKS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the main rows; ablation rows use the first")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds of the main and multi-class rows")
     parser.add_argument("--teachers", default=DEFAULT_TEACHERS, help="'first+second' (teacher 1 = the CNN role)")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=200, help="optimiser steps per training run")
+    parser.add_argument("--steps", type=int, default=1000, help="optimiser steps per training run (PDD and RD4AD)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=2e-3, help="PDD's Adam learning rate (cosine annealing)")
+    parser.add_argument("--rd4ad-lr", type=float, default=5e-3, help="RD4AD's Adam learning rate (its benchmark's)")
     parser.add_argument("--ablation-tasks", nargs="*", default=ABLATION_TASKS,
                         help="tasks (among --tasks) that also get the ablation rows; none to skip them")
+    parser.add_argument("--ablation-seeds", nargs="*", type=int, default=[0])
     parser.add_argument("--ablations", nargs="*", default=ABLATION_ROWS, choices=sorted(ABLATIONS))
+    parser.add_argument("--multiclass-tasks", nargs="*", default=MULTICLASS_TASKS,
+                        help="tasks pooled for the multi-class rows; fewer than two to skip them")
+    parser.add_argument("--multiclass-steps", type=int, default=None,
+                        help="steps of a multi-class run (default: --steps × the number of pooled tasks)")
+    parser.add_argument("--lambda-div-grid", nargs="*", type=float, default=[0.5, 0.05, 0.005],
+                        help="λ_div candidates (in init units), the paper's first; the largest with which both students "
+                             "converge on held-out normal training images is used (none: the configured λ_div)")
+    parser.add_argument("--selection-tasks", nargs="*", default=ABLATION_TASKS,
+                        help="tasks whose normal training images (4/5 fit, 1/5 held out) select λ_div")
+    parser.add_argument("--selection-tolerance", type=float, default=1.25,
+                        help="a student converged when its held-out relative error ≤ this × its error trained alone")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="PDDConfig override applied to every row (value parsed as JSON, else a string)")
+                        help="PDDConfig override applied to every PDD row (value parsed as JSON, else a string)")
     parser.add_argument("--speed-teachers", nargs="*", default=None,
                         help="teacher pairs for the speed records (default: --teachers; add "
                              "'wide_resnet50_2+vmamba_tiny' for the paper's pair with random weights)")
-    parser.add_argument("--rd4ad-results", default="benchmarks/results/rd4ad_unsupervised.json")
+    parser.add_argument("--runs", default="benchmarks/.runs/pdd_unsupervised", help="run folders (resume)")
+    parser.add_argument("--cache", default="benchmarks/.cache", help="teacher-feature cache")
+    parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--name", default="pdd_unsupervised")
     return parser.parse_args()
 
@@ -101,12 +118,173 @@ def model_options(pairs: list[str]) -> dict:
     return options
 
 
-def method_name(row: str) -> str:
-    return "pdd" if row == "2t2s" else f"pdd[{row}]"
+def selection(args: argparse.Namespace, options: dict) -> dict[str, str]:
+    """How each setting was chosen (recorded in the JSON): fixed in advance, or λ_div on held-out normals."""
+    config = PDDConfig(**options)
+    given = " (given on the command line before the run)" if options else ""
+    lambda_div = (f"chosen on held-out NORMAL training images of {', '.join(args.selection_tasks)} (1/5 of each "
+                  f"training split, never trained on): the largest of {args.lambda_div_grid} with which Student 1 and "
+                  f"Student 2 both reach ≤ {args.selection_tolerance} × the relative error each reaches trained alone "
+                  "(2t1s, 2t1s+mpa), see lambda_div_selection" if args.lambda_div_grid else
+                  f"fixed in advance: {config.lambda_div}{given}")
+    return {
+        "lambda_kr, lambda_prp": f"fixed in advance: {config.lambda_kr} / {config.lambda_prp} (the paper's), applied "
+        f"to terms in units of their value at initialisation (loss_normalisation={config.loss_normalisation}; "
+        f"docs/METHODS.md, PDD){given}",
+        "lambda_div": lambda_div,
+        "tau_low, tau_high": f"fixed in advance: {config.tau_low} / {config.tau_high} (the paper's), low = the first "
+        f"{config.div_low_layers} stage(s){given}",
+        "steps": f"fixed in advance: {args.steps} Adam steps per run, the same for PDD and RD4AD; multi-class runs "
+        f"{multiclass_steps(args)}; whether training converged is read from training data only (each record's "
+        "loss_flatness and final relative errors)",
+        "image_size": f"fixed in advance: {args.image_size} px (2-core CPU; the paper uses 256 px)",
+        "lr": f"fixed in advance: PDD {args.lr:g} with cosine annealing (the paper's); RD4AD {args.rd4ad_lr:g} "
+        "without schedule (RD4AD's released code, as in rd4ad_unsupervised)",
+        "test labels": "used only to compute the reported metrics, never for a choice",
+    }
 
 
-def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argparse.Namespace,
-                  options: dict) -> None:
+def multiclass_steps(args: argparse.Namespace) -> int:
+    return args.multiclass_steps or args.steps * len(args.multiclass_tasks)
+
+
+def run_slug(method: str) -> str:
+    return method.replace("[", "-").replace("]", "")
+
+
+def convergence(log: list[dict]) -> dict:
+    """Training-data figures of convergence: final terms and relative errors, and how flat the loss ended.
+
+    ``loss_flatness``: relative drop of the mean loss from the second-to-last to the last tenth of the epochs
+    (≈ 0: flat).  ``curve``: the log at up to :data:`LOG_POINTS` evenly spaced epochs.
+    """
+    losses = np.array([entry["loss"] for entry in log])
+    window = max(1, len(losses) // 10)
+    summary: dict = {"curve": [log[i] for i in sorted({round(x) for x in np.linspace(0, len(log) - 1, LOG_POINTS)})]}
+    if len(losses) >= 2 * window:
+        last, before = losses[-window:].mean(), losses[-2 * window:-window].mean()
+        summary["loss_flatness"] = float((before - last) / max(abs(last), 1e-12))
+    final = log[-1]
+    summary.update({key: value for key, value in final.items() if key.startswith("loss_") or key == "relative_error"})
+    return summary
+
+
+class Benchmark:
+    """Trains (or resumes) one model per record and writes the records."""
+
+    def __init__(self, args: argparse.Namespace, results: BenchmarkResults, options: dict) -> None:
+        self.args = args
+        self.results = results
+        self.options = options
+        self.pdd_cache = FeatureCache(build_teacher_pair(args.teachers, num_stages=4), cache_dir=args.cache)
+        self.first_cache = FeatureCache(self.pdd_cache.teacher.first, cache_dir=args.cache)  # 1t1s rows
+        self.rd4ad_cache = FeatureCache(build_teacher(args.teachers.split("+")[0]), cache_dir=args.cache)
+        self.data: dict[str, tuple] = {}
+
+    def task_data(self, name: str) -> tuple:
+        """(train images, test images, labels, masks) of a task, loaded once."""
+        if name not in self.data:
+            task = load_task(name)
+            train, _ = load_images(task.train, self.args.image_size, desc=f"{name} train")
+            test, masks = load_images(task.test, self.args.image_size, desc=f"{name} test")
+            self.data[name] = (train, test, [s.label for s in task.test], masks)
+        return self.data[name]
+
+    def build(self, method: str) -> tuple[torch.nn.Module, FeatureCache, TrainConfig, str]:
+        """A fresh model for a row, its feature cache, its training settings (epochs set later) and backbone name."""
+        args = self.args
+        if method.startswith("rd4ad"):
+            return (RD4AD(self.rd4ad_cache.teacher), self.rd4ad_cache,
+                    TrainConfig(batch_size=args.batch_size, lr=args.rd4ad_lr), self.rd4ad_cache.teacher.name)
+        row = method[len("pdd["):-1] if method.startswith("pdd[") and method != "pdd[multi-class]" else "2t2s"
+        config = PDDConfig.ablation(row, **self.options)
+        cache = self.pdd_cache if config.dual_teacher else self.first_cache
+        model = PDD(cache.teacher, config)
+        return model, cache, TrainConfig(batch_size=args.batch_size, lr=args.lr, cosine_schedule=True), model.meta()["teacher"]
+
+    def heldout_errors(self, task: str, row: str, overrides: dict, steps: int) -> dict[str, float]:
+        """Train ``row`` on 4/5 of ``task``'s normal training images (seed 0, resumable) and return each student's
+        relative error on the other 1/5, averaged over stages."""
+        train = self.task_data(task)[0]
+        heldout = torch.arange(len(train)) % 5 == 4
+        seed_everything(0)
+        options = {**self.options, **overrides}
+        config = PDDConfig.ablation(row, **options)
+        model = PDD(self.pdd_cache.teacher, config)
+        train_config = TrainConfig(batch_size=self.args.batch_size, lr=self.args.lr, cosine_schedule=True, seed=0)
+        train_config.epochs = max(1, round(steps / -(-int((~heldout).sum()) // train_config.batch_size)))
+        label = row + "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
+        train_unsupervised(model, train[~heldout], train_config, cache=self.pdd_cache, resume=True,
+                           out_dir=Path(self.args.runs) / "selection" / Path(task).name / label, desc=f"select {label}")
+        model.eval()
+        features = stack_features(self.pdd_cache, train[heldout])
+        return {name: float(np.mean(values)) for name, values in model.relative_errors(features).items()}
+
+    def select_lambda_div(self) -> float | None:
+        """The largest λ_div of the grid with which both students converge on every selection task's held-out
+        normals (None when the grid is empty; the smallest candidate when none passes, recorded as such)."""
+        args = self.args
+        if not args.lambda_div_grid:
+            return None
+        report = self.results.data.setdefault("lambda_div_selection", {"tasks": {}})
+        for candidate in args.lambda_div_grid:
+            passed = True
+            for task in args.selection_tasks:
+                entry = report["tasks"].setdefault(task, {})
+                if "alone" not in entry:
+                    entry["alone"] = {"s1": self.heldout_errors(task, "2t1s", {}, args.steps)["s1"],
+                                      "s2": self.heldout_errors(task, "2t1s+mpa", {}, args.steps)["s2"]}
+                key = f"{candidate:g}"
+                if key not in entry.setdefault("candidates", {}):
+                    entry["candidates"][key] = self.heldout_errors(task, "2t2s", {"lambda_div": candidate}, args.steps)
+                self.results.save()
+                passed &= all(entry["candidates"][key][s] <= args.selection_tolerance * entry["alone"][s]
+                              for s in ("s1", "s2"))
+            if passed:
+                report.update(chosen=candidate, rule="largest candidate with which both students converged")
+                return candidate
+        report.update(chosen=args.lambda_div_grid[-1], rule="no candidate converged: the smallest is used")
+        return args.lambda_div_grid[-1]
+
+    def done(self, method: str, tasks: list[str], seed: int) -> bool:
+        return all(self.results.has(method=method, task=task, seed=seed, image_size=self.args.image_size)
+                   for task in tasks)
+
+    def run(self, method: str, train_tasks: list[str], eval_tasks: list[str], seed: int, steps: int) -> None:
+        """Train ``method`` on the union of ``train_tasks`` (resuming its run folder) and record each eval task."""
+        if self.done(method, eval_tasks, seed):
+            return
+        images = torch.cat([self.task_data(task)[0] for task in train_tasks])
+        seed_everything(seed)
+        model, cache, config, backbone = self.build(method)
+        config.seed = seed
+        config.epochs = max(1, round(steps / -(-len(images) // config.batch_size)))
+        run_dir = Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks) / f"{run_slug(method)}-seed{seed}"
+        started = time.perf_counter()
+        trained = train_unsupervised(model, images, config, out_dir=run_dir, resume=True, cache=cache,
+                                     desc=f"{method} {'+'.join(train_tasks)} s{seed}", train_tasks=train_tasks)
+        RunFolder(run_dir).write_train_log(trained.epochs_done, trained.history, trained.train_seconds, trained.log)
+        for task in eval_tasks:
+            if self.results.has(method=method, task=task, seed=seed, image_size=self.args.image_size):
+                continue
+            self.record(method, task, train_tasks, seed, model, trained, backbone, len(images), steps,
+                        time.perf_counter() - started)
+
+    def record(self, method: str, task: str, train_tasks: list[str], seed: int, model: torch.nn.Module,
+               trained: TrainResult, backbone: str, n_train: int, steps: int, seconds: float) -> None:
+        _, test, labels, masks = self.task_data(task)
+        evaluation = evaluate_images(model.predict, test, labels, masks, batch_size=32)
+        self.results.add_record({
+            "method": method, "task": task, "train_tasks": train_tasks, "backbone": backbone,
+            "image_size": self.args.image_size, "k": None, "seed": seed, "support_draw": None, **evaluation.metrics,
+            "train_seconds": trained.train_seconds, "wall_seconds": seconds, "epochs": trained.epochs_done,
+            "steps": steps, "n_train": n_train, "final_loss": trained.history[-1], "config": model.meta().get("config"),
+            "convergence": convergence(trained.log)})
+        print(f"{method} {task} seed {seed}: AUROC {evaluation.metrics['image_auroc']:.4f} "
+              f"({trained.epochs_done} epochs, {trained.train_seconds:.0f} s)", flush=True)
+
+
+def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argparse.Namespace, options: dict) -> None:
     """Cached vs uncached training throughput and teacher+students inference, same process, same batch."""
     for teachers in args.speed_teachers if args.speed_teachers is not None else [args.teachers]:
         random_weights = "vmamba" in teachers or "wide_resnet" in teachers  # no offline ImageNet weights here
@@ -121,77 +299,93 @@ def speed_records(results: BenchmarkResults, images: torch.Tensor, args: argpars
         add_one_class_speed(results, model, optimizer, batch, common)
 
 
-def our_rd4ad(path: str, image_size: int) -> dict[str, list[dict]]:
-    """AUROCs of our RD4AD benchmark (same tasks and splits) by task, if its results exist."""
-    file = Path(path)
-    if not file.is_file():
-        return {}
-    data = json.loads(file.read_text())
-    by_task: dict[str, list[dict]] = {}
-    for record in data.get("records", []):
-        if record.get("method") == "rd4ad" and record.get("image_size") == image_size:
-            by_task.setdefault(record["task"], []).append(record)
-    return by_task
+def metric_cells(records: list[dict], keys: tuple[str, ...]) -> str:
+    return " | ".join(mean_std(r.get(key) for r in records) for key in keys)
+
+
+def errors_cell(records: list[dict], student: str) -> str:
+    """Mean final relative error per stage of one student over the records, e.g. '0.41 / 0.32 / 0.20'."""
+    values = [r["convergence"]["relative_error"][student] for r in records
+              if student in r.get("convergence", {}).get("relative_error", {})]
+    return " / ".join(f"{v:.2f}" for v in np.mean(values, axis=0)) if values else "—"
 
 
 def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:
-    rd4ad = our_rd4ad(args.rd4ad_results, args.image_size)
-    rd4ad_teacher = sorted({r["backbone"] for records in rd4ad.values() for r in records})
     first, second = args.teachers.split("+")
-    lines = [f"# PDD, unsupervised — teachers `{first}` (teacher 1) + `{second}` (teacher 2), ImageNet, offline, "
-             f"{args.image_size} px", "",
-             f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
-             f"Training: {args.steps} Adam steps per run (batch {args.batch_size}, lr {args.lr:g}, β=(0.5, 0.999), "
-             f"cosine annealing over the epochs), cached teacher features; loss Eq. 9 with λ_kr = λ_prp = 0.02, "
-             f"λ_div = 0.5, τ_low = 0.30, τ_high = 0.75; image score = max of the σ=4 smoothed map "
-             f"Σ(1 − cos(f_b, s1)) + (1 − cos(f_b, s2)). Mean ± std over seeds."
-             + (f" Model options: `{json.dumps(options)}`." if options else ""),
-             "", "The paper's figures use WideResNet-50 + VMamba-Tiny at 256 px; VMamba's weights are not available "
-             "offline here, so these rows use the EfficientNet-Lite pair (not the paper's teachers).", "",
-             "| task | n normal / abnormal | seeds | epochs | AUROC | AP | F1-max | pixel AUROC | pixel AUPRO "
-             "| paper PDD AUROC | our RD4AD AUROC" + (f" ({', '.join(rd4ad_teacher)})" if rd4ad_teacher else "")
-             + " | paper RD4AD AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     groups = group_records(results.records, ("method", "task"))
+    image = ("image_auroc", "image_ap", "image_f1max")
+    lines = [f"# PDD vs RD4AD, unsupervised — teachers `{first}` (teacher 1) + `{second}` (teacher 2), ImageNet, "
+             f"offline, {args.image_size} px", "",
+             f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
+             f"Training: {args.steps} Adam steps per run for both methods (batch {args.batch_size}); PDD lr {args.lr:g} "
+             f"with cosine annealing, loss Eq. 9 with each term in units of its value at initialisation; RD4AD "
+             f"(teacher `{first}`) lr {args.rd4ad_lr:g}. Image score = max of the σ=4 smoothed map. Mean ± std over "
+             "seeds." + (f" PDD model options: `{json.dumps(options)}`." if options else ""), "",
+             "How each setting was chosen (no test label was used): "
+             + "; ".join(f"**{k}**: {v}" for k, v in results.data["selection"].items()), "",
+             "| task | n normal / abnormal | method | seeds | epochs | AUROC | AP | F1-max | pixel AUROC | pixel AUPRO "
+             "| paper AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for task in args.tasks:
-        records = groups.get(("pdd", task))
-        if not records:
-            continue
-        first_record = records[0]
-        ours = rd4ad.get(task, [])
-        lines.append(
-            f"| {PAPER_NAMES.get(task, task)} | {first_record['n_test_normal']} / {first_record['n_test_abnormal']} | "
-            f"{len(records)} | {first_record['epochs']} | {mean_std(r['image_auroc'] for r in records)} | "
-            f"{mean_std(r['image_ap'] for r in records)} | {mean_std(r['image_f1max'] for r in records)} | "
-            f"{mean_std(r['pixel_auroc'] for r in records)} | {mean_std(r['pixel_aupro'] for r in records)} | "
-            f"{PAPER_PDD.get(task, '—')} | {mean_std(r['image_auroc'] for r in ours)} | "
-            f"{PAPER_RD4AD.get(task, '—')} |")
+        for method, paper in (("pdd", PAPER_PDD), ("rd4ad", PAPER_RD4AD)):
+            records = groups.get((method, task))
+            if records:
+                lines.append(f"| {PAPER_NAMES.get(task, task)} | {records[0]['n_test_normal']} / "
+                             f"{records[0]['n_test_abnormal']} | {method} | {len(records)} | {records[0]['epochs']} | "
+                             f"{metric_cells(records, image + ('pixel_auroc', 'pixel_aupro'))} | "
+                             f"{paper.get(task, '—')} |")
+    chosen = results.data.get("lambda_div_selection", {})
+    if chosen.get("tasks"):
+        lines += ["", f"## λ_div chosen on held-out normal training images: **{chosen.get('chosen', '—')}** "
+                  f"({chosen.get('rule', 'in progress')})", "",
+                  "Mean relative error (over stages) of each student on the held-out fifth of the training normals.", "",
+                  "| task | Student 1 alone | Student 2 alone | "
+                  + " | ".join(f"λ_div = {c:g}: S1 / S2" for c in args.lambda_div_grid) + " |",
+                  "|---|---|---|" + "---|" * len(args.lambda_div_grid)]
+        for task, entry in chosen["tasks"].items():
+            alone = entry.get("alone", {})
+            cells = [" / ".join(f"{entry['candidates'][f'{c:g}'][s]:.3f}" for s in ("s1", "s2"))
+                     if f"{c:g}" in entry.get("candidates", {}) else "—" for c in args.lambda_div_grid]
+            lines.append(f"| {PAPER_NAMES.get(task, task)} | {alone.get('s1', float('nan')):.3f} | "
+                         f"{alone.get('s2', float('nan')):.3f} | " + " | ".join(cells) + " |")
+    multiclass = [t for t in args.multiclass_tasks if groups.get(("pdd[multi-class]", t)) or groups.get(("rd4ad[multi-class]", t))]
+    if multiclass:
+        lines += ["", f"## Multi-class (one model trained on {' + '.join(args.multiclass_tasks)}, evaluated per task)",
+                  "", "| task | method | seeds | AUROC / AP / F1-max, one model | same, per-task model |", "|---|---|---|---|---|"]
+        for task in multiclass:
+            for method in ("pdd", "rd4ad"):
+                records = groups.get((f"{method}[multi-class]", task), [])
+                per_task = groups.get((method, task), [])
+                lines.append(f"| {PAPER_NAMES.get(task, task)} | {method} | {len(records)} | "
+                             f"{' / '.join(mean_std(r[k] for r in records) for k in image)} | "
+                             f"{' / '.join(mean_std(r[k] for r in per_task) for k in image)} |")
     ablation_tasks = [t for t in args.tasks if t in (args.ablation_tasks or [])]
     if ablation_tasks and args.ablations:
         lines += ["", "## Ablations (Table 3: distillation paradigm; Table 4: anomaly map and L_div)", "",
-                  "| task | row | seeds | AUROC | AP | F1-max | paper AUROC / AP / F1-max |", "|---|---|---|---|---|---|---|"]
+                  "Final relative error = error energy / target energy of each student on a fixed batch of training "
+                  "images, per stage (stride 4 / 8 / 16): a student trained with the others should reach the level it "
+                  "reaches alone (1t1s/2t1s for Student 1, 2t1s+mpa for Student 2).", "",
+                  "| task | row | seeds | AUROC | AP | F1-max | S1 rel. error | S2 rel. error | loss flatness "
+                  "| paper AUROC / AP / F1-max |", "|---|---|---|---|---|---|---|---|---|---|"]
         for task in ablation_tasks:
             for row in ["2t2s", *args.ablations]:
-                method = method_name(row)
-                records = groups.get((method, task))
+                method = "pdd" if row == "2t2s" else f"pdd[{row}]"
+                records = [r for r in groups.get((method, task), []) if r["seed"] in args.ablation_seeds]
                 if not records:
                     continue
-                label = "full (2t2s, t–s map, L_div)" if row == "2t2s" else row
-                lines.append(f"| {PAPER_NAMES.get(task, task)} | {label} | {len(records)} | "
-                             f"{mean_std(r['image_auroc'] for r in records)} | "
-                             f"{mean_std(r['image_ap'] for r in records)} | "
-                             f"{mean_std(r['image_f1max'] for r in records)} | "
+                flatness = [r["convergence"]["loss_flatness"] for r in records if "loss_flatness" in r["convergence"]]
+                lines.append(f"| {PAPER_NAMES.get(task, task)} | {'full (2t2s)' if row == '2t2s' else row} | "
+                             f"{len(records)} | {metric_cells(records, image)} | {errors_cell(records, 's1')} | "
+                             f"{errors_cell(records, 's2')} | {f'{np.mean(flatness):+.3f}' if flatness else '—'} | "
                              f"{PAPER_ABLATIONS.get((task, method), '—')} |")
+    if any(r["task"] == "brats_slices" for r in results.records):
+        lines += ["", "BraTS slices: the normal slices lie below the tumour in the one volume, so the image AUROC "
+                  "measures slice position more than tumour; the pixel metrics are this task's localisation figures."]
     speed = results.data["speed"]
     if speed:
         lines += ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |",
                   "|---|---|---|---|---|"]
         lines += [f"| {s['what']} | {s['backbone']} | {s['batch_size']} | {s['images_per_second']:.1f} | "
                   f"{s['peak_rss_mib']:.0f} |" for s in speed]
-        by = {(s["what"], s["backbone"]): s["images_per_second"] for s in speed}
-        for backbone in sorted({s["backbone"] for s in speed}):
-            if ("train_step", backbone) in by and ("train_step_no_cache", backbone) in by:
-                ratio = by[("train_step", backbone)] / by[("train_step_no_cache", backbone)]
-                lines.append(f"\nCached / uncached training throughput with {backbone}: **{ratio:.2f}×**")
     return "\n".join(lines) + "\n"
 
 
@@ -199,46 +393,32 @@ def main() -> int:
     args = parse_args()
     options = model_options(args.model_option)
     command = "python benchmarks/pdd_unsupervised.py " + shlex.join(sys.argv[1:])
-    results = BenchmarkResults(args.name, command.strip())
-    pair = build_teacher_pair(args.teachers, num_stages=4)
-    cache = FeatureCache(pair)
-    train_images = None
-    for task_name in args.tasks:
-        task = load_task(task_name)
-        train_images, _ = load_images(task.train, args.image_size, desc=f"{task_name} train")
-        test_images, masks = load_images(task.test, args.image_size, desc=f"{task_name} test")
-        labels = [s.label for s in task.test]
-        batches_per_epoch = -(-len(train_images) // args.batch_size)
-        epochs = max(1, round(args.steps / batches_per_epoch))
-        rows = ["2t2s", *(args.ablations if task_name in (args.ablation_tasks or []) else [])]
-        for row in rows:
-            method = method_name(row)
-            config = PDDConfig.ablation(row, **options)
-            backbone = args.teachers if config.dual_teacher else pair.first.name
-            for seed in (args.seeds if row == "2t2s" else args.seeds[:1]):  # ablation rows: first seed only
-                if results.has(method=method, task=task_name, seed=seed, backbone=backbone,
-                               image_size=args.image_size):
-                    continue
-                seed_everything(seed)
-                model = PDD(pair, config)
-                train_config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                                           cosine_schedule=True)
-                started = time.perf_counter()
-                trained = train_unsupervised(model, train_images, train_config, cache=cache,
-                                             desc=f"{method} {task_name} s{seed}")
-                train_seconds = time.perf_counter() - started
-                evaluation = evaluate_images(model.predict, test_images, labels, masks, batch_size=32)
-                results.add_record({"method": method, "task": task_name, "train_tasks": [task_name],
-                                    "backbone": backbone, "image_size": args.image_size, "k": None, "seed": seed,
-                                    "support_draw": None, **evaluation.metrics, "train_seconds": train_seconds,
-                                    "epochs": trained.epochs_done, "n_train": len(train_images),
-                                    "final_loss": trained.history[-1], "config": model.meta()["config"]})
-                print(f"{method} {task_name} seed {seed}: AUROC {evaluation.metrics['image_auroc']:.4f} "
-                      f"({trained.epochs_done} epochs, {train_seconds:.0f} s)", flush=True)
-            results.write_markdown(markdown(results, args, options))
-    if train_images is not None:
-        speed_records(results, train_images, args, options)
-    results.write_markdown(markdown(results, args, options))
+    results = BenchmarkResults(args.name, command.strip(), directory=args.results_dir)
+    results.data["selection"] = selection(args, options)
+    bench = Benchmark(args, results, options)
+    chosen = bench.select_lambda_div()
+    if chosen is not None:
+        bench.options = options = {**options, "lambda_div": chosen}
+
+    def save() -> None:
+        results.save()
+        results.write_markdown(markdown(results, args, options))
+
+    pooled = args.multiclass_tasks if len(args.multiclass_tasks) >= 2 else []
+    for seed in args.seeds:
+        for task in args.tasks:
+            for method in ("pdd", "rd4ad"):
+                bench.run(method, [task], [task], seed, args.steps)
+            if seed in args.ablation_seeds and task in (args.ablation_tasks or []):
+                for row in args.ablations:
+                    bench.run(f"pdd[{row}]", [task], [task], seed, args.steps)
+            save()
+        for method in ("pdd[multi-class]", "rd4ad[multi-class]") if pooled else ():
+            bench.run(method, pooled, pooled, seed, multiclass_steps(args))
+            save()
+    if args.tasks:
+        speed_records(results, bench.task_data(args.tasks[-1])[0], args, options)
+    save()
     return 0
 
 

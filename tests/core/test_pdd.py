@@ -131,7 +131,7 @@ def test_loss_terms_on_hand_made_features(pair):
 
 
 def test_total_loss_is_eq9(pair, features):
-    model = _model(pair)
+    model = _model(pair, loss_normalisation="none")
     torch.manual_seed(5)
     terms = model.loss_terms(features)
     assert set(terms) == {"kr", "prp", "div", "total"}
@@ -139,6 +139,47 @@ def test_total_loss_is_eq9(pair, features):
     assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-5)
     no_div = _model(pair, use_div=False)
     assert set(no_div.loss_terms(features)) == {"kr", "prp", "total"}
+
+
+def test_init_normalisation_measures_units_on_the_first_batch_and_keeps_them(pair, features):
+    model = _model(pair).train()
+    assert model.loss_reference_values() is None
+    first = model.loss_terms(features)
+    units = model.loss_reference_values()
+    assert units["kr"] == pytest.approx(first["kr"].item()) and units["prp"] == pytest.approx(first["prp"].item())
+    assert units["div"] == pytest.approx(1.5)                  # uncorrelated students: two high stages × τ_high
+    # on the first batch every reconstruction term is 1 in its unit, so the total is λ_kr + λ_prp + λ_div·L_div/1.5
+    assert first["total"].item() == pytest.approx(0.02 + 0.02 + 0.5 * first["div"].item() / 1.5, rel=1e-5)
+    later = model.loss_terms([f.flip(-1) for f in features])   # another batch: the units stay
+    assert model.loss_reference_values() == units
+    expected = 0.02 * later["kr"] / units["kr"] + 0.02 * later["prp"] / units["prp"] + 0.5 * later["div"] / 1.5
+    assert later["total"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert _model(pair, div_low_layers=2, tau_low=-0.2).div_reference() == pytest.approx(2 * 0.2 + 0.75)
+    assert _model(pair, tau_low=0.3, tau_high=0.0).div_reference() == 1.0   # never 0
+    assert "loss_reference" not in _model(pair, loss_normalisation="none").learnable_state_dict()
+
+
+def test_relative_errors_are_error_energy_over_target_energy(pair, features):
+    model = _model(pair).eval()
+    targets = model.targets(features)
+    model.student1.forward = lambda unified, targets_=None: [torch.zeros_like(t) for t in targets]
+    model.student2.forward = lambda unified, targets_=None: [t * 0.5 for t in targets]
+    errors = model.relative_errors(features)
+    assert errors["s1"] == pytest.approx([1.0] * 3) and errors["s2"] == pytest.approx([0.25] * 3)
+
+
+def test_training_log_records_every_term_and_both_students_errors(pair, images):
+    model = _model(pair, embedding_channels=32)
+    result = train_unsupervised(model, images, TrainConfig(epochs=2, batch_size=3, lr=2e-3))
+    assert [entry["epoch"] for entry in result.log] == [1, 2]
+    for entry in result.log:
+        assert {"loss_kr", "loss_prp", "loss_div", "loss_total"} <= set(entry)
+        assert entry["loss_total"] == pytest.approx(entry["loss"], rel=1e-5)
+        assert set(entry["relative_error"]) == {"s1", "s2"} and all(len(v) == 3 for v in entry["relative_error"].values())
+        assert entry["loss_units"] == model.loss_reference_values()
+    one = _model(pair, **{"dual_teacher": False, "students": "s1", "embedding_channels": 32})
+    log = train_unsupervised(one, images, TrainConfig(epochs=1, batch_size=3, lr=2e-3)).log[0]
+    assert "loss_prp" not in log and set(log["relative_error"]) == {"s1"}
 
 
 GRADIENT_MODULES = {
@@ -181,7 +222,8 @@ def test_table4_switches_change_scores_and_loss(pair, images, features):
     full, no_div, ss_map = (_model(pair, seed=3, **o) for o in ({}, {"use_div": False},
                                                                     {"score_map": "student_student"}))
     l_full, l_nodiv = full.loss_terms(features), no_div.loss_terms(features)
-    assert l_full["total"].item() == pytest.approx(l_nodiv["total"].item() + 0.5 * l_full["div"].item(), rel=1e-5)
+    assert l_full["total"].item() == pytest.approx(l_nodiv["total"].item() + 0.5 * l_full["div"].item() / 1.5,
+                                                 rel=1e-5)
     full.eval(), ss_map.eval()
     ss_maps = ss_map.distance_maps(features)
     outputs = ss_map.students(ss_map.unified(features))
@@ -262,10 +304,37 @@ def test_checkpoint_roundtrip_through_the_factory(tmp_path, images):
     with pytest.raises(ValueError, match="does not match"):
         _build({"students": "s1", "embedding_channels": 64}).load_learnable_state_dict(state)
     # resume continues from the saved epoch with the same optimiser state
-    result = train_unsupervised(_build(options), images,
-                                TrainConfig(epochs=3, batch_size=3, lr=2e-3, cosine_schedule=True),
+    resumed = _build(options)
+    result = train_unsupervised(resumed, images, TrainConfig(epochs=3, batch_size=3, lr=2e-3, cosine_schedule=True),
                                 out_dir=tmp_path, resume=True)
     assert result.epochs_done == 3 and len(result.history) == 3
+    assert resumed.loss_reference_values() == model.loss_reference_values()  # units of the run's first batch
+
+
+def test_resume_with_normalised_losses_equals_an_uninterrupted_run(tmp_path, images):
+    options = {"embedding_channels": 32}
+    config = TrainConfig(epochs=3, batch_size=3, lr=2e-3)
+    straight = _build(options)
+    train_unsupervised(straight, images, config, out_dir=tmp_path / "straight")
+    train_unsupervised(_build(options), images, TrainConfig(epochs=2, batch_size=3, lr=2e-3), out_dir=tmp_path / "cut")
+    resumed = _build(options)
+    train_unsupervised(resumed, images, config, out_dir=tmp_path / "cut", resume=True)
+    assert resumed.loss_reference_values() == straight.loss_reference_values()
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(straight.learnable_state_dict().values(),
+                                                               resumed.learnable_state_dict().values()))
+
+
+def test_checkpoints_from_before_loss_normalisation_load_without_it(tmp_path, images):
+    from medad.engine.checkpoint import load_model, save_model
+
+    model = _build({"embedding_channels": 32, "loss_normalisation": "none"})
+    state = model.learnable_state_dict()
+    meta = {**model.meta(), "image_size": SIZE}
+    del meta["config"]["loss_normalisation"]                   # as saved by medad before the option existed
+    save_model(tmp_path / "model.safetensors", state, meta)
+    restored, _ = load_trained_model(tmp_path / "model.safetensors", teacher_weights=None)
+    assert restored.config.loss_normalisation == "none"
+    assert load_model(tmp_path / "model.safetensors")[1]["config"] == meta["config"]
 
 
 def test_imagenet_pair_builds_offline():

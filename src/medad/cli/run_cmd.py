@@ -31,7 +31,10 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
                                   description="Train RD4AD or PDD on a task's normal images into a run folder. "
                                               "Flags win over --config, which wins over the defaults.")
     train.add_argument("--method", choices=["rd4ad", "pdd"], help="one-class method" + _default("method"))
-    train.add_argument("--task", help="registry name (headct, brainmri, …) or a folder/CSV in a supported layout")
+    train.add_argument("--task", nargs="+",
+                       help="registry name (headct, brainmri, …) or a folder/CSV in a supported layout; several: "
+                            "one model on the union of their normal training images (multi-class), evaluated per "
+                            "task with medad evaluate")
     train.add_argument("--out", required=True, help="run folder (checkpoint, config, logs)")
     train.add_argument("--teacher", help="teacher name, 'a+b' for PDD" + _default("teacher"))
     train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
@@ -94,7 +97,17 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.set_defaults(func=run_predict)
 
 
+def check_distinct_tasks(tasks: list) -> None:
+    """Tasks pooled into one training set must be different tasks."""
+    names = [task.name for task in tasks]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise CliError(f"--task names {', '.join(repeated)} more than once; give each task once")
+
+
 def run_train(args: argparse.Namespace) -> int:
+    import torch
+
     from medad.data.tasks import load_task
     from medad.device import to_device
     from medad.engine.images import load_images
@@ -103,6 +116,8 @@ def run_train(args: argparse.Namespace) -> int:
     from medad.features import FeatureCache
 
     args.model_options = parse_model_options(args.model_option) or None
+    if args.task is not None and len(args.task) == 1:
+        args.task = args.task[0]  # one task is recorded as a name, as before multi-class training
     run = RunFolder(args.out)
     with run.for_training("train", resume=args.resume, overwrite=args.overwrite):
         options = training_options(run, args, TRAIN_DEFAULTS)
@@ -115,20 +130,24 @@ def run_train(args: argparse.Namespace) -> int:
         model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
         check_image_size(model, options["image_size"])
         to_device(model, device)
-        task = load_task(options["task"], root=options["data_root"], seed=options["seed"],
-                         skip_unreadable=args.skip_unreadable)
-        images, _ = load_images(task.train, options["image_size"], desc=f"loading {task.name} train")
+        names = options["task"] if isinstance(options["task"], list) else [options["task"]]
+        tasks = [load_task(name, root=options["data_root"], seed=options["seed"], skip_unreadable=args.skip_unreadable)
+                 for name in names]
+        check_distinct_tasks(tasks)
+        images = torch.cat([load_images(task.train, options["image_size"], desc=f"loading {task.name} train")[0]
+                            for task in tasks])
+        trained_on = "+".join(task.name for task in tasks)
         config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
                              seed=options["seed"], use_cache=not args.no_cache,
                              cosine_schedule=options["method"] == "pdd")
-        run.start(config_record(run, "train", options, args.resume, task=task.name, n_train=len(task.train),
-                                model=model.meta(), device=describe_device(device)))
-        run.write_skipped([(str(s.path), s.reason) for s in task.skipped])
+        run.start(config_record(run, "train", options, args.resume, task=trained_on, train_tasks=[t.name for t in tasks],
+                                n_train=len(images), model=model.meta(), device=describe_device(device)))
+        run.write_skipped([(str(s.path), s.reason) for task in tasks for s in task.skipped])
         cache = FeatureCache(model.teacher, options["cache_dir"]) if config.use_cache else None
         result = train_unsupervised(model, images, config, out_dir=run.path, resume=args.resume, cache=cache,
-                                    desc=f"{options['method']} on {task.name}")
-        run.write_train_log(result.epochs_done, result.history, result.train_seconds)
-    console.info(f"trained {options['method']} on {task.name}: {result.epochs_done} epochs, "
+                                    desc=f"{options['method']} on {trained_on}", train_tasks=[t.name for t in tasks])
+        run.write_train_log(result.epochs_done, result.history, result.train_seconds, result.log)
+    console.info(f"trained {options['method']} on {trained_on}: {result.epochs_done} epochs, "
                  f"{result.train_seconds:.1f} s, final loss {result.history[-1]:.4f}; checkpoint {run.file(MODEL_FILE)}")
     return 0
 

@@ -2,39 +2,85 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from medad.engine.training import TrainConfig, TrainResult, fit, index_batches
 from medad.device import module_device
+from medad.engine.training import TrainConfig, TrainResult, fit, index_batches
 from medad.features import FeatureBank, FeatureCache, stack_features
+
+#: training images in the fixed probe batch on which the per-epoch relative errors are measured
+PROBE_IMAGES = 16
+
+
+class TermLog:
+    """Per-epoch means of a model's loss terms (``model.loss_terms``) and, after each epoch, its students'
+    relative errors on a fixed probe batch (``model.relative_errors``), for models that provide them."""
+
+    def __init__(self, model: torch.nn.Module, probe: Callable[[], list[torch.Tensor]]) -> None:
+        self.model = model
+        self.probe = probe
+        self.sums: dict[str, float] = {}
+        self.steps = 0
+
+    def loss(self, teacher_features: list[torch.Tensor]) -> torch.Tensor:
+        """The batch's total loss; its terms are added to the epoch's sums."""
+        if not hasattr(self.model, "loss_terms"):
+            return self.model.loss(teacher_features)
+        terms = self.model.loss_terms(teacher_features)
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+        self.steps += 1
+        return terms["total"]
+
+    def after_epoch(self) -> dict[str, Any]:
+        """The epoch's mean terms (``loss_<term>``), the relative errors and the terms' units; sums reset."""
+        entry: dict[str, Any] = {f"loss_{name}": total / max(self.steps, 1) for name, total in self.sums.items()}
+        self.sums, self.steps = {}, 0
+        if hasattr(self.model, "relative_errors"):
+            was_training = self.model.training
+            self.model.eval()
+            entry["relative_error"] = {name: [round(value, 5) for value in values]
+                                       for name, values in self.model.relative_errors(self.probe()).items()}
+            self.model.train(was_training)
+        units = self.model.loss_reference_values() if hasattr(self.model, "loss_reference_values") else None
+        if units is not None:
+            entry["loss_units"] = units
+        return entry
 
 
 def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: TrainConfig, *,
                        out_dir: str | Path | None = None, resume: bool = False,
-                       cache: FeatureCache | None = None, desc: str = "training") -> TrainResult:
+                       cache: FeatureCache | None = None, desc: str = "training",
+                       train_tasks: list[str] | None = None) -> TrainResult:
     """Train ``model`` (with ``.loss(teacher_features)``) on N×3×S×S normal images.
 
     With ``config.use_cache`` the frozen teacher runs once per image (through
     ``cache``, which may be shared across runs); otherwise every step recomputes it.
-    Training runs on the model's device (move the model there first).
+    Training runs on the model's device (move the model there first).  The result's ``log`` holds, per
+    epoch, the mean of every loss term and the students' relative errors where the model reports them
+    (:class:`TermLog`).  ``train_tasks`` (the tasks whose normal images were pooled) goes into the metadata.
     """
     if len(images) == 0:
         raise ValueError("cannot train on an empty set of normal images")
     meta = {**model.meta(), "image_size": int(images.shape[-1])}
+    if train_tasks is not None:
+        meta["train_tasks"] = list(train_tasks)
     if config.use_cache:
         cache = cache or FeatureCache(model.teacher)
-        features = FeatureBank(stack_features(cache, images, batch_size=max(config.batch_size, 16)),
-                               module_device(model))
+        bank = FeatureBank(stack_features(cache, images, batch_size=max(config.batch_size, 16)), module_device(model))
 
-        def loss_for_batch(indices: torch.Tensor) -> torch.Tensor:
-            return model.loss(features[indices])
+        def teacher_features(indices: torch.Tensor) -> list[torch.Tensor]:
+            return bank[indices]
     else:
-        def loss_for_batch(indices: torch.Tensor) -> torch.Tensor:
+        def teacher_features(indices: torch.Tensor) -> list[torch.Tensor]:
             with torch.no_grad():
-                teacher_features = model.teacher(images[indices])
-            return model.loss(teacher_features)
+                return model.teacher(images[indices])
 
+    terms = TermLog(model, lambda: teacher_features(torch.arange(min(len(images), PROBE_IMAGES))))
     return fit(model, lambda epoch: index_batches(len(images), config.batch_size, epoch, config.seed),
-               loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc=desc)
+               lambda indices: terms.loss(teacher_features(indices)), config, meta=meta, out_dir=out_dir,
+               resume=resume, desc=desc, monitor=terms.after_epoch)

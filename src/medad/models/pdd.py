@@ -32,6 +32,7 @@ Ablation switches (Tables 3 and 4): ``dual_teacher``, ``students``, ``use_div``,
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,9 @@ STUDENTS = ("s1", "s2", "both")
 SCORE_MAPS = ("teacher_student", "student_student")
 MSE_SCALES = ("target", "none")
 STUDENT_INPUTS = ("unified", "ocbe")
+LOSS_NORMALISATIONS = ("init", "none")
+#: the terms of Eq. 9, in the order of the ``loss_reference`` buffer
+LOSS_TERMS = ("kr", "prp", "div")
 NUM_TEACHER_STAGES = 4  # strides 4/8/16/32: stages 1–3 → InA targets, stage 4 → MMU
 
 #: benchmark label → PDDConfig overrides (Table 3: 1t1s, 2t1s, 2t1s+mpa, 2t2s; Table 4: s-s-map, no-div)
@@ -89,12 +93,16 @@ class PDDConfig:
     tau_high: float = 0.75
     div_low_layers: int = 1            # L_low of Eq. 8: stages 1…L_low are "low", the rest "high"
     mse_scale: str = "target"          # "target": MSE / mean(f_b²) per stage (backbone-independent); "none": raw MSE
+    loss_normalisation: str = "init"   # "init": each term of Eq. 9 in units of its value at initialisation; "none"
     student_input: str = "unified"     # "unified": f_t only; "ocbe": RD4AD's fusion of f_b^1..3 and f_t
     embedding_channels: int | None = None  # compress-layer width; None = teacher 1's deepest channels
     blocks_per_stage: int = 2
     projection_seed: int = 0           # seed of InA's fixed orthogonal projections
     score_reduce: str = "max"
     sigma: float = DEFAULT_SIGMA
+
+    #: checkpoints saved before an option existed were trained without it
+    legacy_defaults: ClassVar[dict[str, Any]] = {"loss_normalisation": "none"}
 
     def __post_init__(self) -> None:
         if self.students not in STUDENTS:
@@ -105,6 +113,8 @@ class PDDConfig:
             raise ValueError("score_map='student_student' compares the two students: it needs students='both'")
         if self.mse_scale not in MSE_SCALES:
             raise ValueError(f"mse_scale must be one of {MSE_SCALES}, got {self.mse_scale!r}")
+        if self.loss_normalisation not in LOSS_NORMALISATIONS:
+            raise ValueError(f"loss_normalisation must be one of {LOSS_NORMALISATIONS}, got {self.loss_normalisation!r}")
         if self.student_input not in STUDENT_INPUTS:
             raise ValueError(f"student_input must be one of {STUDENT_INPUTS}, got {self.student_input!r}")
         if self.score_reduce not in ("max", "mean"):
@@ -279,6 +289,8 @@ class PDD(nn.Module):
                                     fuse_targets=fuse) if config.uses_s1 else None)
         self.student2 = (PDDStudent(deep_channels, self.target_info, embedding, config.blocks_per_stage, prior=True,
                                     fuse_targets=fuse) if config.uses_s2 else None)
+        if config.loss_normalisation == "init":  # NaN until the first training batch measures it (kept in checkpoints)
+            self.register_buffer("loss_reference", torch.full((len(LOSS_TERMS),), float("nan")))
 
     # --- construction / checkpoints -------------------------------------------------------------------------------
 
@@ -374,24 +386,60 @@ class PDD(nn.Module):
                 total = total + torch.relu(self.config.tau_high - cosine).mean()
         return total
 
+    def div_reference(self) -> float:
+        """L_div for uncorrelated students (cos = 0 everywhere): its expected value at initialisation (1 if that is 0)."""
+        low = min(self.config.div_low_layers, len(self.target_info))
+        value = low * max(0.0, -self.config.tau_low) + (len(self.target_info) - low) * max(0.0, self.config.tau_high)
+        return value if value > 0 else 1.0
+
+    def _reference(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each term's unit under ``loss_normalisation="init"``, measured on the first batch the loss sees.
+
+        L_kr and L_prp: their values on that batch (the students' initial error); L_div: :meth:`div_reference`.
+        Stored in the ``loss_reference`` buffer, so a resumed run uses the units of its first batch.
+        """
+        reference = self.loss_reference
+        if torch.isnan(reference).any():
+            units = [self.div_reference() if name == "div" else
+                     float(terms[name].detach().clamp_min(1e-12)) if name in terms else 1.0 for name in LOSS_TERMS]
+            reference.copy_(torch.tensor(units))
+        return {name: reference[index] for index, name in enumerate(LOSS_TERMS)}
+
+    def loss_reference_values(self) -> dict[str, float] | None:
+        """The measured units of the terms (None without ``loss_normalisation="init"`` or before the first batch)."""
+        reference = getattr(self, "loss_reference", None)
+        if reference is None or torch.isnan(reference).any():
+            return None
+        return {name: float(value) for name, value in zip(LOSS_TERMS, reference.tolist())}
+
     def loss_terms(self, teacher_features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The terms of Eq. 9 (those the configuration uses) and their weighted sum under ``"total"``."""
+        """The raw terms of Eq. 9 (those the configuration uses) and, under ``"total"``, Eq. 9 itself with each
+        term divided by its unit (:meth:`_reference`) under ``loss_normalisation="init"``."""
         config = self.config
         targets = self.targets(teacher_features)
         outputs = self.students(self.unified(teacher_features), targets)
         terms: dict[str, torch.Tensor] = {}
-        total = targets[0].new_zeros(())
         if "s1" in outputs:
             terms["kr"] = self.kr_loss(targets, outputs["s1"])
-            total = total + config.lambda_kr * terms["kr"]
         if "s2" in outputs:
             terms["prp"] = self.prp_loss(targets, outputs["s2"])
-            total = total + config.lambda_prp * terms["prp"]
         if config.use_div and "s1" in outputs and "s2" in outputs:
             terms["div"] = self.div_loss(outputs["s1"], outputs["s2"])
-            total = total + config.lambda_div * terms["div"]
+        units = self._reference(terms) if config.loss_normalisation == "init" else {}
+        weights = {"kr": config.lambda_kr, "prp": config.lambda_prp, "div": config.lambda_div}
+        total = targets[0].new_zeros(())
+        for name, value in terms.items():
+            total = total + weights[name] * (value / units[name] if name in units else value)
         terms["total"] = total
         return terms
+
+    @torch.no_grad()
+    def relative_errors(self, teacher_features: list[torch.Tensor]) -> dict[str, list[float]]:
+        """Per student and stage: Σ(s − f_b)² / Σ f_b² (error energy / target energy) on these features."""
+        targets = self.targets(teacher_features)
+        outputs = self.students(self.unified(teacher_features), targets)
+        return {name: [float((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)) for t, s in zip(targets, student)]
+                for name, student in outputs.items()}
 
     def loss(self, teacher_features: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 9 from precomputed (or cached) teacher features."""
@@ -415,4 +463,4 @@ class PDD(nn.Module):
         return maps, image_scores(maps, self.config.score_reduce)
 
 
-__all__ = ["ABLATIONS", "MMU", "PDD", "InA", "PDDConfig", "PDDStudent", "PriorDecoder", "fixed_projection"]
+__all__ = ["ABLATIONS", "LOSS_TERMS", "MMU", "PDD", "InA", "PDDConfig", "PDDStudent", "PriorDecoder", "fixed_projection"]
