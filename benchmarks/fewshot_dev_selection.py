@@ -96,13 +96,19 @@ def main() -> int:
     cache = FeatureCache(build_teacher(args.teacher), cache_dir=args.cache)
     teacher = cache.teacher.eval()
     budget = FEWSHOT_TRAINING[D24FADNN.method]
+    loaded: dict[str, torch.Tensor] = {}  # each task's training images, decoded once for every development task
+
+    def train_images_of(name: str) -> torch.Tensor:
+        if name not in loaded:
+            loaded[name] = load_images(load_task(name).train, args.image_size, desc=f"{name} train")[0]
+        return loaded[name]
+
     for dev in DEV_TASKS:
         if all(results.has(method=candidate_name(*c), task=dev, k=k, support_draw=d)
                for c in CANDIDATES for k in args.k for d in range(args.draws)):
             continue
         pool, samples = development_split(dev, args.dev_normals, args.dev_abnormals)
-        train_images = {name: load_images(load_task(name).train, args.image_size, desc=f"{name} train")[0]
-                        for name in TASKS if name != dev}
+        train_images = {name: train_images_of(name) for name in TASKS if name != dev}
         seed_everything(0)
         model = D24FADNN(teacher, D24FADNNConfig(maps=MAPS))
         train_fewshot(model, train_images, TrainConfig(epochs=budget["epochs"], batch_size=budget["batch_size"],
