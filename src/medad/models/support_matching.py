@@ -26,7 +26,8 @@ def nearest_support_distances(queries: torch.Tensor, supports: torch.Tensor) -> 
     keys = F.normalize(supports.flatten(2), dim=1).permute(1, 0, 2).reshape(channels, -1)  # C × K·hw
     rows = F.normalize(queries.flatten(2), dim=1).transpose(1, 2).reshape(-1, channels)  # B·HW × C
     chunk = max(1, _CHUNK_ELEMENTS // keys.shape[1])
-    nearest = torch.cat([(part @ keys).view(len(part), k, -1).amax(dim=2) for part in rows.split(chunk)])
+    parts = (rows,) if torch.jit.is_tracing() else rows.split(chunk)  # an exported graph's batch is dynamic
+    nearest = torch.cat([(part @ keys).unflatten(1, (k, -1)).amax(dim=2) for part in parts])
     return (1.0 - nearest).view(batch, height * width, k).transpose(1, 2).reshape(batch, k, height, width)
 
 
