@@ -12,7 +12,7 @@ from medad.cli.parser import MedadParser
 
 
 def build_parser() -> MedadParser:
-    from medad.cli import data_cmd, demo_cmd, export_cmd, fewshot_cmd, report_cmd, run_cmd
+    from medad.cli import data_cmd, demo_cmd, export_cmd, fewshot_cmd, report_cmd, run_cmd, serve_cmd
 
     parser = MedadParser(prog="medad", description="Anomaly detection in medical images by "
                          "knowledge distillation (RD4AD, D²4FAD few-shot, PDD).")
@@ -24,6 +24,7 @@ def build_parser() -> MedadParser:
     demo_cmd.add_parser(subparsers)
     report_cmd.add_parser(subparsers)
     export_cmd.add_parser(subparsers)
+    serve_cmd.add_parser(subparsers)
     return parser
 
 

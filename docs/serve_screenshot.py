@@ -1,0 +1,70 @@
+"""Regenerate ``docs/serve_screenshot.png``: ``medad serve`` in headless Chromium with real brain-tumour MRI images.
+
+    python docs/serve_screenshot.py --checkpoint RUN [--data-root ../shared/data]
+
+RUN is a few-shot run folder (the committed screenshot: ``benchmarks/export_latency.py``'s D²4FAD-NN
+checkpoint, trained on head CT + brain MRI).  Four normal training images of the unseen brain-tumour task
+are the references; two normal and two tumour test images the queries.  Needs chromium, chromium-driver
+and selenium.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--data-root", default="../shared/data")
+    parser.add_argument("--out", default="docs/serve_screenshot.png")
+    args = parser.parse_args()
+    task = Path(args.data_root) / "brain_tumor_mri_nickparvar"
+    references = sorted((task / "train/good").iterdir())[:4]
+    queries = [*sorted((task / "test/good").iterdir())[:2], sorted((task / "test/glioma").iterdir())[0],
+               sorted((task / "test/meningioma").iterdir())[0]]
+    server = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--checkpoint", args.checkpoint, "--port", "0",
+                               "--device", "cpu"], stdout=subprocess.PIPE, text=True)
+    profile = tempfile.mkdtemp(prefix="medad-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for argument in (*ARGS, f"--user-data-dir={profile}", "--window-size=1240,1000"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")),
+                              options=options)
+    try:
+        url = next(found.group(0) for line in server.stdout if (found := re.search(r"http://[^ ]+/", line)))
+        driver.get(url)
+        driver.find_element(By.ID, "references").send_keys("\n".join(str(p.resolve()) for p in references))
+        driver.find_element(By.ID, "queries").send_keys("\n".join(str(p.resolve()) for p in queries))
+        driver.find_element(By.ID, "submit").click()
+        WebDriverWait(driver, 300).until(lambda d: d.find_elements(By.ID, "scores") or d.find_elements(By.ID, "error"))
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"))
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(1240, height + 140)  # the window's frame takes part of its height
+        driver.save_screenshot(args.out)
+        print(f"wrote {args.out}")
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+
+
+if __name__ == "__main__":
+    main()

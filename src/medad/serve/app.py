@@ -1,0 +1,160 @@
+"""The web app of ``medad serve``: K normal references + query images → scores, verdicts, heat maps, CSV.
+
+One page (``templates/index.html``, ``static/style.css``; no script, nothing from another site): a form
+for the references, the queries and the threshold, then a table with each query's score, verdict and
+heat-map figure, the threshold with the rule it came from, and a link to the results as CSV.  Scoring
+is ``medad fewshot score``'s: the references are the supports, the default threshold is its ``auto``
+rule (the highest leave-one-out score of the references).  Every file the app writes goes into
+``workdir`` (one sub-folder per request); the caller removes it when the app stops.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flask import Flask, abort, render_template, request, send_from_directory
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from medad.cli.common import write_heatmaps
+from medad.data.io import read_image
+from medad.engine.evaluate import predict_batches
+from medad.engine.fewshot import leave_one_out_scores
+from medad.engine.thresholds import MIN_RELIABLE_K, Threshold, support_threshold
+from medad.serve.uploads import ACCEPTED, Limits, Upload, UploadError, read_upload, save_uploads
+
+CSV_FILE = "scores.csv"
+HEATMAPS = "heatmaps"
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class QueryResult:
+    name: str
+    score: float
+    abnormal: bool | None
+    verdict: str
+    heatmap: str  # file name in the request's heat-map folder
+
+
+@dataclass
+class Scoring:
+    run_id: str
+    references: list[str]
+    threshold: Threshold
+    rows: list[QueryResult]
+
+    @property
+    def warning(self) -> str | None:
+        """The threshold's caveat in the page's terms (the CLI's names its flags)."""
+        k = len(self.references)
+        if self.threshold.rule == "none":
+            return "no automatic threshold from a single reference, so no verdicts; give more references or a number"
+        if self.threshold.rule == "support-leave-one-out" and k < MIN_RELIABLE_K:
+            return (f"the automatic threshold is the highest of only K={k} leave-one-out reference scores, so it is "
+                    f"uncertain (expect false alarms or misses); give K ≥ {MIN_RELIABLE_K} references or a number")
+        return None
+
+
+def parse_threshold(text: str) -> float | None:
+    """The form's threshold: empty or 'auto' → None (the references' rule), else a number."""
+    text = text.strip()
+    if text in ("", "auto"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise UploadError(f"threshold: expected 'auto' or a number, got {text!r}") from None
+
+
+class FewShotScorer:
+    """A few-shot model that scores uploads into a folder (one request at a time: a lock serialises them)."""
+
+    def __init__(self, model: torch.nn.Module, image_size: int) -> None:
+        self.model = model
+        self.size = image_size
+        self.lock = threading.Lock()
+
+    def score(self, references: list[Upload], queries: list[Upload], fixed: float | None, folder: Path) -> Scoring:
+        support_images = torch.stack([read_upload(upload, self.size) for upload in references])
+        query_images = torch.stack([read_upload(upload, self.size) for upload in queries])
+        with self.lock, torch.no_grad():
+            supports = self.model.prepare_supports(support_images)
+            maps, scores = predict_batches(lambda rows: self.model.predict(query_images[rows], supports),
+                                           len(query_images), 16)
+            threshold = (Threshold(fixed, "fixed", f"the fixed threshold {fixed:g} given in the form")
+                         if fixed is not None else
+                         support_threshold(leave_one_out_scores(self.model, support_images)
+                                           if len(support_images) > 1 else []))
+        names = [upload.path.name for upload in queries]
+        write_heatmaps(folder / HEATMAPS, names, (read_image(upload.path) for upload in queries), maps, scores,
+                       titles=[upload.name for upload in queries], threshold=threshold)
+        rows = [QueryResult(upload.name, float(score), threshold.is_abnormal(score), threshold.verdict(score),
+                            f"{upload.path.stem}.png") for upload, score in zip(queries, np.asarray(scores))]
+        _write_csv(folder / CSV_FILE, rows, threshold)
+        return Scoring(folder.name, [upload.name for upload in references], threshold, rows)
+
+
+def _write_csv(path: Path, rows: list[QueryResult], threshold: Threshold) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["file", "score", "abnormal", "threshold", "threshold_rule"])
+    for row in rows:
+        writer.writerow([row.name, repr(row.score), "" if row.abnormal is None else row.abnormal,
+                         "" if threshold.value is None else repr(threshold.value), threshold.rule])
+    path.write_text(buffer.getvalue())
+
+
+def create_app(scorer: FewShotScorer, workdir: Path, limits: Limits, checkpoint: dict) -> Flask:
+    """The Flask app; ``checkpoint`` (method, teacher, image size, training tasks) is shown in the page."""
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = limits.max_request_bytes
+
+    def page(status: int = 200, **values):
+        return render_template("index.html", checkpoint=checkpoint, limits=limits, accepted=ACCEPTED,
+                               **values), status
+
+    @app.get("/")
+    def index():
+        return page()
+
+    @app.post("/score")
+    def score():
+        folder = workdir / uuid.uuid4().hex
+        try:
+            fixed = parse_threshold(request.form.get("threshold", ""))
+            references = save_uploads([(f.filename, f.stream) for f in request.files.getlist("references")],
+                                      folder / "references", "reference", 1, limits.max_references, limits)
+            queries = save_uploads([(f.filename, f.stream) for f in request.files.getlist("queries")],
+                                   folder / "queries", "query", 1, limits.max_queries, limits)
+            return page(result=scorer.score(references, queries, fixed, folder))
+        except UploadError as error:
+            return page(400, error=str(error))
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(_error):
+        return page(413, error=f"the upload is larger than the limit of {limits.max_request_bytes / 2**20:g} MiB "
+                               "per request; send fewer or smaller files")
+
+    def run_folder(run_id: str) -> Path:
+        if not RUN_ID.fullmatch(run_id) or not (workdir / run_id).is_dir():
+            abort(404)
+        return workdir / run_id
+
+    @app.get("/runs/<run_id>/scores.csv")
+    def download(run_id: str):
+        return send_from_directory(run_folder(run_id), CSV_FILE, as_attachment=True,
+                                   download_name=f"medad_scores_{run_id[:8]}.csv", mimetype="text/csv")
+
+    @app.get("/runs/<run_id>/heatmaps/<name>")
+    def heatmap(run_id: str, name: str):
+        return send_from_directory(run_folder(run_id) / HEATMAPS, name)
+
+    return app
