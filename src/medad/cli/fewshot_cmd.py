@@ -16,7 +16,8 @@ from medad.cli.common import (add_device_option, add_input_options, add_quiet_op
                               threshold_option, write_heatmaps, write_run_report)
 from medad.cli.errors import CliError
 from medad.cli.run_cmd import evaluation_folder, format_metrics
-from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
+from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
+                                    training_processes)
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.run_folder import (HEATMAP_INDEX, PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
                                      fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
@@ -124,21 +125,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
     from medad.device import to_device
+    from medad.engine.distributed import rank_device, run_folder
     from medad.engine.fewshot import train_fewshot
     from medad.engine.images import load_images
     from medad.engine.training import TrainConfig, seed_everything
 
     args.model_options = parse_model_options(args.model_option) or None
-    run = RunFolder(args.out)
-    with run.for_training("fewshot train", resume=args.resume, overwrite=args.overwrite):
-        options = training_options(run, args, FEWSHOT_TRAIN_DEFAULTS)
-        options.update({key: value for key, value in FEWSHOT_TRAINING[options["method"]].items()
-                        if options.get(key) is None})
-        if not options["tasks"]:
-            raise CliError("medad fewshot train needs --tasks (registry names or folders)")
-        if args.resume and not epochs_left(run, options["epochs"]):
+    with (training_processes() as workers,
+          run_folder(args.out, workers).for_training("fewshot train", resume=args.resume,
+                                                     overwrite=args.overwrite) as run):
+        options = shared_options(run, args, FEWSHOT_TRAIN_DEFAULTS, workers, complete=_complete_fewshot_options)
+        if options is None:
             return 0
-        device = select_run_device(options["device"])
+        device = rank_device(select_run_device(options["device"]), workers)
         seed_everything(options["seed"])
         model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
         check_image_size(model, options["image_size"])
@@ -151,15 +150,23 @@ def run_train(args: argparse.Namespace) -> int:
                              seed=options["seed"], use_cache=not args.no_cache)
         run.start(config_record(run, "fewshot train", options, args.resume, model=model.meta(),
                                 n_train={name: len(images) for name, images in task_images.items()},
-                                device=describe_device(device)))
+                                device=describe_device(device), processes=workers.world))
         run.write_skipped([(str(s.path), s.reason) for task in tasks for s in task.skipped])
         result = train_fewshot(model, task_images, config, ks=tuple(options["k"]),
                                max_queries_per_task=options["max_queries_per_task"], out_dir=run.path,
-                               resume=args.resume)
+                               resume=args.resume, workers=workers)
         run.write_train_log(result.epochs_done, result.history, result.train_seconds, result.log)
     console.info(f"trained {options['method']} on {', '.join(task_images)}: {result.epochs_done} epochs, "
                  f"{result.train_seconds:.1f} s; checkpoint {run.file(MODEL_FILE)}")
     return 0
+
+
+def _complete_fewshot_options(options: dict) -> None:
+    """The chosen method's training budget where no flag or config set it; --tasks is required."""
+    options.update({key: value for key, value in FEWSHOT_TRAINING[options["method"]].items()
+                    if options.get(key) is None})
+    if not options["tasks"]:
+        raise CliError("medad fewshot train needs --tasks (registry names or folders)")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -11,7 +11,8 @@ from medad.cli.common import (add_device_option, add_input_options, add_quiet_op
                               parse_model_options, percentile_option, run_record, select_run_device, write_heatmaps,
                               write_run_report, write_scores)
 from medad.cli.errors import CliError
-from medad.cli.training_run import add_run_options, check_image_size, config_record, epochs_left, training_options
+from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
+                                    training_processes)
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.run_folder import (EVALUATE_OUTPUTS, HEATMAPS_DIR, METRICS_FILE, PREDICT_OUTPUTS, RunFolder)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
@@ -110,6 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from medad.data.tasks import load_task
     from medad.device import to_device
+    from medad.engine.distributed import rank_device, run_folder
     from medad.engine.images import load_images
     from medad.engine.training import TrainConfig, seed_everything
     from medad.engine.unsupervised import train_unsupervised
@@ -118,14 +120,12 @@ def run_train(args: argparse.Namespace) -> int:
     args.model_options = parse_model_options(args.model_option) or None
     if args.task is not None and len(args.task) == 1:
         args.task = args.task[0]  # one task is recorded as a name, as before multi-class training
-    run = RunFolder(args.out)
-    with run.for_training("train", resume=args.resume, overwrite=args.overwrite):
-        options = training_options(run, args, TRAIN_DEFAULTS)
-        if not options["task"]:
-            raise CliError("medad train needs --task (a registry name or a folder)")
-        if args.resume and not epochs_left(run, options["epochs"]):
+    with (training_processes() as workers,
+          run_folder(args.out, workers).for_training("train", resume=args.resume, overwrite=args.overwrite) as run):
+        options = shared_options(run, args, TRAIN_DEFAULTS, workers, complete=_check_task)
+        if options is None:
             return 0
-        device = select_run_device(options["device"])
+        device = rank_device(select_run_device(options["device"]), workers)
         seed_everything(options["seed"])
         model = build_model(options["method"], options["teacher"], options["model_options"], options["weights"])
         check_image_size(model, options["image_size"])
@@ -141,15 +141,22 @@ def run_train(args: argparse.Namespace) -> int:
                              seed=options["seed"], use_cache=not args.no_cache,
                              cosine_schedule=options["method"] == "pdd")
         run.start(config_record(run, "train", options, args.resume, task=trained_on, train_tasks=[t.name for t in tasks],
-                                n_train=len(images), model=model.meta(), device=describe_device(device)))
+                                n_train=len(images), model=model.meta(), device=describe_device(device),
+                                processes=workers.world))
         run.write_skipped([(str(s.path), s.reason) for task in tasks for s in task.skipped])
         cache = FeatureCache(model.teacher, options["cache_dir"]) if config.use_cache else None
         result = train_unsupervised(model, images, config, out_dir=run.path, resume=args.resume, cache=cache,
-                                    desc=f"{options['method']} on {trained_on}", train_tasks=[t.name for t in tasks])
+                                    desc=f"{options['method']} on {trained_on}", train_tasks=[t.name for t in tasks],
+                                    workers=workers)
         run.write_train_log(result.epochs_done, result.history, result.train_seconds, result.log)
     console.info(f"trained {options['method']} on {trained_on}: {result.epochs_done} epochs, "
                  f"{result.train_seconds:.1f} s, final loss {result.history[-1]:.4f}; checkpoint {run.file(MODEL_FILE)}")
     return 0
+
+
+def _check_task(options: dict) -> None:
+    if not options["task"]:
+        raise CliError("medad train needs --task (a registry name or a folder)")
 
 
 def evaluation_folder(args: argparse.Namespace) -> RunFolder:

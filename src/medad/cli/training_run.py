@@ -4,6 +4,8 @@ before the run folder is written (image size, epochs)."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +16,8 @@ from medad.engine.run_folder import RunFolder
 
 if TYPE_CHECKING:
     import torch
+
+    from medad.engine.distributed import Workers
 
 # What a resumed run may change: how long it trains, where its data and caches are and on which device.
 RESUME_MAY_CHANGE = frozenset({"epochs", "data_root", "cache_dir", "device"})
@@ -81,3 +85,29 @@ def config_record(run: RunFolder, command: str, options: dict[str, Any], resume:
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         record.update(created=previous.get("created"), resumed=[*previous.get("resumed", []), now])
     return record
+
+
+@contextmanager
+def training_processes() -> Iterator[Workers]:
+    """The processes torchrun started (one without torchrun), joined for the block; only rank 0 prints results."""
+    from medad.engine.distributed import from_environment, process_group
+
+    workers = from_environment()
+    if not workers.main:
+        console.set_quiet(True)
+    with process_group(workers):
+        yield workers
+
+
+def shared_options(run: RunFolder, args: argparse.Namespace, defaults: dict[str, Any], workers: Workers,
+                   complete: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
+    """:func:`training_options` as rank 0 resolves them (and ``complete`` fills in or checks), on every rank;
+    None when a resumed run has no epochs left (:func:`epochs_left`)."""
+    options = None
+    if workers.main:
+        options = training_options(run, args, defaults)
+        if complete is not None:
+            complete(options)
+        if args.resume and not epochs_left(run, options["epochs"]):
+            options = None
+    return workers.share(options)

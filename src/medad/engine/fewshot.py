@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medad.engine.distributed import Workers, data_parallel
 from medad.engine.evaluate import Evaluation, evaluate_rows
 from medad.engine.training import TrainConfig, TrainResult, fit
 from medad.device import module_device
@@ -59,8 +60,11 @@ def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], 
                   ks: tuple[int, ...] = (2, 4, 8), max_queries_per_task: int = 256,
                   out_dir: str | Path | None = None, resume: bool = False,
                   cache: FeatureCache | None = None,
-                  after_epoch: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
+                  after_epoch: Callable[[], dict[str, Any]] | None = None, workers: Workers = Workers()) -> TrainResult:
     """Train a few-shot model (D²4FAD or D²4FAD-NN) on the normal images of several tasks (name → N×3×S×S).
+
+    Under torchrun (``workers``) each rank computes the teacher features of its shard of every task and
+    scores its share of each episode's queries against the episode's supports (:mod:`medad.engine.distributed`).
 
     The result's ``log`` records, per epoch, the loss, the collapse monitor (:func:`collapse_monitor`)
     and whatever ``after_epoch()`` returns.
@@ -73,8 +77,9 @@ def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], 
     if config.use_cache:
         cache = cache or FeatureCache(model.teacher)
         device = module_device(model)
-        features = [FeatureBank(stack_features(cache, task_images[name], desc=f"teacher features {name}"), device)
-                    for name in names]
+        features = [FeatureBank(workers.gather_rows(
+            lambda rows, name=name: stack_features(cache, task_images[name][rows], desc=f"teacher features {name}"),
+            len(task_images[name])), device) for name in names]
 
         def teacher_features(task: int, indices: torch.Tensor) -> list[torch.Tensor]:
             return features[task][indices]
@@ -83,16 +88,20 @@ def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], 
             with torch.no_grad():
                 return model.teacher(task_images[names[task]][indices])
 
+    local_loss = data_parallel(model, model.loss, workers)
+
     def loss_for_batch(episode: Episode) -> torch.Tensor:
-        return model.loss(teacher_features(episode.task, episode.queries),
-                          teacher_features(episode.task, episode.supports))
+        queries, weight = workers.share_of(episode.queries)
+        return local_loss(teacher_features(episode.task, queries),
+                          teacher_features(episode.task, episode.supports)) * weight
 
     sizes = [len(task_images[name]) for name in names]
     probe = [torch.cat(stage) for stage in zip(*[teacher_features(task, torch.arange(min(size, PROBE_IMAGES_PER_TASK)))
                                                   for task, size in enumerate(sizes)])]
     return fit(model, lambda epoch: make_episodes(sizes, config.batch_size, ks, epoch, config.seed, max_queries_per_task),
                loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc="few-shot training",
-               monitor=lambda: {**collapse_monitor(model, probe), **(after_epoch() if after_epoch else {})})
+               monitor=lambda: {**collapse_monitor(model, probe), **(after_epoch() if after_epoch else {})},
+               workers=workers)
 
 
 def collapse_monitor(model: torch.nn.Module, probe_teacher: list[torch.Tensor]) -> dict[str, list[float]]:

@@ -23,6 +23,7 @@ import torch
 from medad.console import progress
 from medad.device import grad_scaler, module_device
 from medad.engine.checkpoint import CheckpointError
+from medad.engine.distributed import Workers
 from medad.engine.run_folder import RunFolder, TrainingInterrupted
 
 #: devices where Adam runs fused (one kernel for all parameters).  Not the CPU: there, with more than one torch
@@ -72,13 +73,16 @@ def adam(parameters: Iterable[torch.nn.Parameter], config: TrainConfig, device: 
 def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
         loss_for_batch: Callable[[Any], torch.Tensor], config: TrainConfig, *,
         meta: dict[str, Any], out_dir: str | Path | None = None, resume: bool = False,
-        desc: str = "training", monitor: Callable[[], dict[str, Any]] | None = None) -> TrainResult:
+        desc: str = "training", monitor: Callable[[], dict[str, Any]] | None = None,
+        workers: Workers = Workers()) -> TrainResult:
     """Optimise the model's trainable parameters for ``config.epochs`` epochs.
 
     ``make_batches(epoch)`` yields the epoch's batches (it must be deterministic
     in ``epoch`` for resume to be exact); ``loss_for_batch`` returns their loss;
     ``monitor()``, called after every epoch, adds its measurements to the log.
-    Runs on the model's device, with loss scaling when that means float16.
+    Runs on the model's device, with loss scaling when that means float16.  Under torchrun (``workers``,
+    :mod:`medad.engine.distributed`) every rank runs this loop on its share of each batch; the logged loss is
+    the whole batch's, and rank 0 alone reads and writes the run folder (it sends a resumed state to the others).
     """
     parameters = [p for p in model.parameters() if p.requires_grad]
     device = module_device(model)
@@ -87,8 +91,8 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(config.epochs, 1))
                  if config.cosine_schedule else None)
     result = TrainResult(epochs_done=0)
-    run = RunFolder(out_dir) if out_dir is not None else None
-    saved = run.load_checkpoint(meta["method"]) if resume and run is not None else None
+    run = RunFolder(out_dir) if out_dir is not None and workers.main else None
+    saved = workers.share(run.load_checkpoint(meta["method"]) if resume and run is not None else None)
     if saved is not None:
         saved_meta = saved["meta"]
         if saved_meta.get("teacher") != meta.get("teacher") or saved_meta.get("image_size") != meta.get("image_size"):
@@ -115,16 +119,17 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
             losses = []
             for step, batch in enumerate(make_batches(epoch), start=1):
                 loss = loss_for_batch(batch)
-                if not torch.isfinite(loss):
+                batch_loss = workers.average(loss.detach())
+                if not torch.isfinite(batch_loss):
                     raise NonFiniteLossError(
-                        f"the training loss became {loss.item()} at epoch {epoch + 1}, batch {step}; lower the "
+                        f"the training loss became {batch_loss.item()} at epoch {epoch + 1}, batch {step}; lower the "
                         f"learning rate (--lr, now {config.lr:g}) and check the training images for NaN/Inf values "
                         "(medad data check)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                losses.append(loss.item())
+                losses.append(batch_loss.item())
             if scheduler is not None:
                 scheduler.step()
             result.train_seconds += time.perf_counter() - started
@@ -146,7 +151,7 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
                 run.save_checkpoint(model.learnable_state_dict(),
                                     {**meta, "epochs": result.epochs_done, "train_config": asdict(config)}, state)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(result.epochs_done, run.path if run is not None else None) from None
+        raise TrainingInterrupted(result.epochs_done, Path(out_dir) if out_dir is not None else None) from None
     model.eval()
     return result
 

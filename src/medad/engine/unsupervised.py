@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from medad.device import module_device
+from medad.engine.distributed import Workers, data_parallel
 from medad.engine.training import TrainConfig, TrainResult, fit, index_batches
 from medad.features import FeatureBank, FeatureCache, stack_features
 
@@ -55,7 +56,7 @@ class TermLog:
 def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: TrainConfig, *,
                        out_dir: str | Path | None = None, resume: bool = False,
                        cache: FeatureCache | None = None, desc: str = "training",
-                       train_tasks: list[str] | None = None) -> TrainResult:
+                       train_tasks: list[str] | None = None, workers: Workers = Workers()) -> TrainResult:
     """Train ``model`` (with ``.loss(teacher_features)``) on N×3×S×S normal images.
 
     With ``config.use_cache`` the frozen teacher runs once per image (through
@@ -63,6 +64,8 @@ def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: Tra
     Training runs on the model's device (move the model there first).  The result's ``log`` holds, per
     epoch, the mean of every loss term and the students' relative errors where the model reports them
     (:class:`TermLog`).  ``train_tasks`` (the tasks whose normal images were pooled) goes into the metadata.
+    Under torchrun (``workers``) each rank computes the teacher features of its shard of the images and
+    trains on its share of every batch (:mod:`medad.engine.distributed`); the loss terms logged are rank 0's.
     """
     if len(images) == 0:
         raise ValueError("cannot train on an empty set of normal images")
@@ -71,7 +74,9 @@ def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: Tra
         meta["train_tasks"] = list(train_tasks)
     if config.use_cache:
         cache = cache or FeatureCache(model.teacher)
-        bank = FeatureBank(stack_features(cache, images, batch_size=max(config.batch_size, 16)), module_device(model))
+        stages = workers.gather_rows(lambda rows: stack_features(cache, images[rows], batch_size=max(config.batch_size, 16)),
+                                     len(images))
+        bank = FeatureBank(stages, module_device(model))
 
         def teacher_features(indices: torch.Tensor) -> list[torch.Tensor]:
             return bank[indices]
@@ -81,6 +86,12 @@ def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: Tra
                 return model.teacher(images[indices])
 
     terms = TermLog(model, lambda: teacher_features(torch.arange(min(len(images), PROBE_IMAGES))))
+    local_loss = data_parallel(model, terms.loss, workers)
+
+    def loss_for_batch(indices: torch.Tensor) -> torch.Tensor:
+        rows, weight = workers.share_of(indices)
+        return local_loss(teacher_features(rows)) * weight
+
     return fit(model, lambda epoch: index_batches(len(images), config.batch_size, epoch, config.seed),
-               lambda indices: terms.loss(teacher_features(indices)), config, meta=meta, out_dir=out_dir,
-               resume=resume, desc=desc, monitor=terms.after_epoch)
+               loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc=desc,
+               monitor=terms.after_epoch, workers=workers)
