@@ -17,11 +17,13 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-print("heavy modules:", sorted(name for name in ("torch", "timm", "torchvision", "matplotlib") if name in sys.modules))
+print("heavy modules:", sorted(name for name in ("torch", "timm", "torchvision", "matplotlib", "flask", "onnx",
+                                               "onnxruntime") if name in sys.modules))
 """
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["data", "list"], ["data", "check", "PHANTOM"]])
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["data", "list"], ["data", "check", "PHANTOM"],
+                                  ["export", "--help"], ["serve", "--help"]])
 def test_help_version_and_data_commands_do_not_import_torch(argv, phantom_head):
     argv = [str(phantom_head.root) if arg == "PHANTOM" else arg for arg in argv]
     result = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120)
