@@ -146,7 +146,7 @@ def _leaf_parsers(parser: argparse.ArgumentParser):
 def test_every_flag_has_help_and_shows_its_default():
     """Defect: `train --help` showed no defaults and most `fewshot` flags had no help text."""
     leaves = list(_leaf_parsers(build_parser()))
-    assert len(leaves) == 10
+    assert len(leaves) == 12
     for parser in leaves:
         text = " ".join(parser.format_help().split())
         for action in parser._actions:
