@@ -31,6 +31,7 @@ from torch import nn
 
 from medad.io_utils import atomic_path
 from medad.models.d24fad import QueryFeatures
+from medad.models.factory import FEWSHOT_METHODS
 from medad.scoring import anomaly_maps, image_scores
 
 #: ONNX operator set of exported graphs (onnxruntime ≥ 1.12 runs it)
@@ -38,8 +39,6 @@ ONNX_OPSET = 17
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".pt"}
 OUTPUT_NAMES = ["anomaly_map", "score"]
-#: the model's methods that need supports
-FEWSHOT = ("d24fad_nn", "d24fad")
 
 
 class OneClassGraph(nn.Module):
@@ -96,7 +95,7 @@ def scoring_graph(model: nn.Module, image_size: int, support_images: torch.Tenso
     model = model.cpu().eval()
     images = torch.rand(example_batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     dynamic = {"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}}
-    if model.method not in FEWSHOT:
+    if model.method not in FEWSHOT_METHODS:
         if support_images is not None:
             raise ValueError(f"a {model.method} model takes no support images: it was trained on its task")
         return ScoringGraph(OneClassGraph(model).eval(), (images,), ["images"], dynamic)
