@@ -8,13 +8,16 @@ A development set is made of *training-split* images only, md5-disjoint from eve
 * brain_tumor, zhanglab: the last ``--dev-normals`` training normals (held out of the support pool) vs
   ``--dev-abnormals`` images of the set's ``extra_train_abnormal`` folder (never used by any benchmark);
 * nih_cxr: its given validation split (normal vs abnormal); supports from the training normals.
-For each development task a D²4FAD-NN student is trained, with the benchmark's budget, on the normal training
-images of the *other* tasks; then every candidate (a non-empty subset of the maps × an image score) scores the
+For each development task a D²4FAD-NN student is trained, with the benchmark's batch and queries, on the normal
+training images of the *other* tasks, for each training length of ``--epochs`` in turn (the model continues from
+the previous length; with a constant learning rate and epoch-seeded episodes that equals training that long from
+scratch); at each length every candidate (a non-empty subset of the maps × an image score) scores the
 development set with K normal supports (the same draws for every candidate).
 
-The rule, fixed before any result was seen: a fold of fewshot_loo uses the candidate with the best mean image
-AUROC over the development tasks other than the fold's target, at K ∈ {4, 8}; medad's shipped default is the
-candidate best over all development tasks.
+The rule, fixed before any result was seen: a fold of fewshot_loo uses the candidate (training length, maps,
+image score) with the best mean image AUROC over the development tasks other than the fold's target, at
+K ∈ {4, 8}; medad's shipped default is the candidate best over all development tasks.  (The training lengths
+were added to the candidates after the first selection, which compared scorings at 32 epochs only.)
 """
 
 from __future__ import annotations
@@ -47,10 +50,10 @@ TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 DEV_TASKS = {"brain_tumor": ("brain_tumor_mri_nickparvar", ["glioma", "meningioma"]),
              "zhanglab": ("zhanglab_chest_xray", ["pneumonia"]),
              "nih_cxr": None}
-CANDIDATES = [(maps, score) for r in range(1, len(MAPS) + 1) for maps in itertools.combinations(MAPS, r)
-              for score in SCORES]
-RULE = ("mean image AUROC over the development tasks other than the fold's target, K ∈ {4, 8}, 5 draws; "
-        "the shipped default: mean over all development tasks")
+SCORINGS = [(maps, score) for r in range(1, len(MAPS) + 1) for maps in itertools.combinations(MAPS, r)
+            for score in SCORES]
+RULE = ("per (training length, maps, image score): mean image AUROC over the development tasks other than the "
+        "fold's target, K ∈ {4, 8}, 5 draws; the shipped default: mean over all development tasks")
 
 
 def candidate_name(maps: tuple[str, ...], score: str) -> str:
@@ -63,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--k", nargs="+", type=int, default=[4, 8])
     parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--epochs", nargs="+", type=int, default=[32, 64, 96],
+                        help="training lengths compared (each 32 steps per epoch with the benchmark's budget)")
     parser.add_argument("--dev-normals", type=int, default=150)
     parser.add_argument("--dev-abnormals", type=int, default=150)
     parser.add_argument("--runs", default="benchmarks/.runs/fewshot_dev")
@@ -104,75 +109,97 @@ def main() -> int:
         return loaded[name]
 
     for dev in DEV_TASKS:
-        if all(results.has(method=candidate_name(*c), task=dev, k=k, support_draw=d)
-               for c in CANDIDATES for k in args.k for d in range(args.draws)):
+        pending = [epochs for epochs in sorted(args.epochs)
+                   if not all(results.has(method=candidate_name(*c), task=dev, epochs=epochs, k=k, support_draw=d)
+                              for c in SCORINGS for k in args.k for d in range(args.draws))]
+        if not pending:
             continue
         pool, samples = development_split(dev, args.dev_normals, args.dev_abnormals)
         train_images = {name: train_images_of(name) for name in TASKS if name != dev}
-        seed_everything(0)
-        model = D24FADNN(teacher, D24FADNNConfig(maps=MAPS))
-        train_fewshot(model, train_images, TrainConfig(epochs=budget["epochs"], batch_size=budget["batch_size"],
-                                                       seed=0),
-                      max_queries_per_task=budget["max_queries_per_task"], out_dir=Path(args.runs) / dev,
-                      resume=True, cache=cache)
-        model.eval()
         normals, _ = load_images(pool, args.image_size, desc=f"{dev} support pool")
         images, _ = load_images(samples, args.image_size, desc=f"{dev} development set")
         labels = np.array([sample.label for sample in samples])
-        queries = encode_queries(model, images)
-        for k in args.k:
-            for draw in range(args.draws):
-                supports = model.prepare_supports(normals[draw_supports(len(normals), k, draw, seed=0)])
-                parts = [model.map_components(queries[i:i + 64], supports)[0] for i in range(0, len(images), 64)]
-                maps = {name: torch.cat([part[name] for part in parts]) for name in MAPS}
-                for combo, score in CANDIDATES:
-                    fused = torch.stack([maps[name] for name in combo]).sum(0)
-                    auroc = roc_auc_score(labels, fused_image_scores(fused, score).numpy())
-                    results.records.append({"method": candidate_name(combo, score), "task": dev, "k": k,
-                                        "support_draw": draw, "seed": 0, "backbone": args.teacher,
-                                        "image_size": args.image_size, "image_auroc": float(auroc),
-                                        "n_dev_normal": int((labels == 0).sum()),
-                                        "n_dev_abnormal": int(labels.sum()), "protocol": "development"})
-            results.save()
-            print(f"{dev} K={k} done", flush=True)
+        for epochs in pending:
+            seed_everything(0)
+            model = D24FADNN(teacher, D24FADNNConfig(maps=MAPS))
+            train_fewshot(model, train_images, TrainConfig(epochs=epochs, batch_size=budget["batch_size"], seed=0),
+                          max_queries_per_task=budget["max_queries_per_task"], out_dir=Path(args.runs) / dev,
+                          resume=True, cache=cache)
+            model.eval()
+            score_candidates(results, model, dev, epochs, normals, images, labels, args)
+            print(f"{dev} {epochs} epochs done", flush=True)
     results.data["rule"] = RULE
-    results.data["selected"] = {fold: candidate_name(*select(results.records, fold, args.k)) for fold in TASKS}
-    results.data["default"] = candidate_name(*select(results.records, None, args.k))
+    results.data["selected"], results.data["selected_epochs"] = {}, {}
+    for fold in TASKS:
+        epochs, maps, score = select(results.records, fold, args.k, args.epochs)
+        results.data["selected"][fold] = candidate_name(maps, score)
+        results.data["selected_epochs"][fold] = epochs
+    epochs, maps, score = select(results.records, None, args.k, args.epochs)
+    results.data["default"], results.data["default_epochs"] = candidate_name(maps, score), epochs
     results.save()
     results.write_markdown(markdown(results, args))
     return 0
 
 
-def select(records: list[dict], target: str | None, ks: list[int]) -> tuple[tuple[str, ...], str]:
-    """The rule: the candidate with the best mean AUROC over the development tasks other than ``target``."""
-    def mean_auroc(candidate) -> float:
-        name = candidate_name(*candidate)
-        per_task = [np.mean([r["image_auroc"] for r in records if r["method"] == name and r["task"] == dev
-                             and r["k"] in ks]) for dev in DEV_TASKS if dev != target]
-        return float(np.mean(per_task))
-    return max(CANDIDATES, key=mean_auroc)
+def score_candidates(results: BenchmarkResults, model: D24FADNN, dev: str, epochs: int, normals: torch.Tensor,
+                     images: torch.Tensor, labels: np.ndarray, args: argparse.Namespace) -> None:
+    """Every scoring candidate's AUROC on one development set, for each K and support draw."""
+    queries = encode_queries(model, images)
+    for k in args.k:
+        for draw in range(args.draws):
+            supports = model.prepare_supports(normals[draw_supports(len(normals), k, draw, seed=0)])
+            parts = [model.map_components(queries[i:i + 64], supports)[0] for i in range(0, len(images), 64)]
+            maps = {name: torch.cat([part[name] for part in parts]) for name in MAPS}
+            for combo, score in SCORINGS:
+                fused = torch.stack([maps[name] for name in combo]).sum(0)
+                auroc = roc_auc_score(labels, fused_image_scores(fused, score).numpy())
+                results.records.append({"method": candidate_name(combo, score), "task": dev, "epochs": epochs,
+                                        "k": k, "support_draw": draw, "seed": 0, "backbone": args.teacher,
+                                        "image_size": args.image_size, "image_auroc": float(auroc),
+                                        "n_dev_normal": int((labels == 0).sum()),
+                                        "n_dev_abnormal": int(labels.sum()), "protocol": "development"})
+        results.save()
+
+
+def mean_auroc(records: list[dict], name: str, epochs: int, tasks: list[str], ks: list[int]) -> float:
+    """Mean over ``tasks`` of each task's mean AUROC of one candidate at K ∈ ``ks``."""
+    return float(np.mean([np.mean([r["image_auroc"] for r in records if r["method"] == name and r["task"] == dev
+                                   and r["epochs"] == epochs and r["k"] in ks]) for dev in tasks]))
+
+
+def select(records: list[dict], target: str | None, ks: list[int], lengths: list[int]
+           ) -> tuple[int, tuple[str, ...], str]:
+    """The rule: the (epochs, maps, score) with the best mean AUROC over the development tasks other than ``target``."""
+    tasks = [dev for dev in DEV_TASKS if dev != target]
+    return max(((epochs, maps, score) for epochs in sorted(lengths) for maps, score in SCORINGS),
+               key=lambda c: mean_auroc(records, candidate_name(c[1], c[2]), c[0], tasks, ks))
 
 
 def markdown(results: BenchmarkResults, args) -> str:
     records = results.records
-    header = "| candidate | " + " | ".join(f"{dev} K={k}" for dev in DEV_TASKS for k in args.k) + " | mean |"
-    lines = ["# D²4FAD-NN score selection on development sets (no test split)", "",
+    header = ("| epochs | candidate | " + " | ".join(f"{dev} K={k}" for dev in DEV_TASKS for k in args.k) +
+              " | mean |")
+    selected = results.data["selected"]
+    lines = ["# D²4FAD-NN training length and score selection on development sets (no test split)", "",
              f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
              f"Teacher `{args.teacher}` (ImageNet, offline), {args.image_size} px; students trained on the other "
-             "tasks' normal training images with the benchmark's budget. Image AUROC (%), mean over "
+             "tasks' normal training images (32 steps per epoch). Image AUROC (%), mean over "
              f"{args.draws} support draws. Rule: {RULE}.", "",
-             "Selected per fold of `fewshot_loo`: " + "; ".join(f"{fold} → `{name}`" for fold, name in
-                                                               results.data["selected"].items()) +
-             f". Shipped default: `{results.data['default']}`.", "", header,
-             "|---|" + "---|" * (len(DEV_TASKS) * len(args.k) + 1)]
+             "Selected per fold of `fewshot_loo`: " + "; ".join(
+                 f"{fold} → {results.data['selected_epochs'][fold]} epochs, `{name}`" for fold, name in
+                 selected.items()) +
+             f". Shipped default: {results.data['default_epochs']} epochs, `{results.data['default']}`.", "",
+             header, "|---|---|" + "---|" * (len(DEV_TASKS) * len(args.k) + 1)]
     rows = []
-    for combo, score in CANDIDATES:
-        name = candidate_name(combo, score)
-        cells = [np.mean([r["image_auroc"] for r in records if r["method"] == name and r["task"] == dev
-                          and r["k"] == k]) for dev in DEV_TASKS for k in args.k]
-        rows.append((float(np.mean(cells)), name, cells))
-    for mean, name, cells in sorted(rows, reverse=True):
-        lines.append(f"| `{name}` | " + " | ".join(f"{100 * c:.1f}" for c in cells) + f" | {100 * mean:.1f} |")
+    for epochs in sorted(args.epochs):
+        for combo, score in SCORINGS:
+            name = candidate_name(combo, score)
+            cells = [np.mean([r["image_auroc"] for r in records if r["method"] == name and r["task"] == dev
+                              and r["epochs"] == epochs and r["k"] == k]) for dev in DEV_TASKS for k in args.k]
+            rows.append((float(np.mean(cells)), epochs, name, cells))
+    for mean, epochs, name, cells in sorted(rows, reverse=True):
+        lines.append(f"| {epochs} | `{name}` | " + " | ".join(f"{100 * c:.1f}" for c in cells) +
+                     f" | {100 * mean:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,11 @@ normals (the same draws for every method and seed).  A pixel-hash check proves n
 the training tasks.  Protocol "honest": last epoch, every test image scored, per-image smoothing only.
 Protocol "released": the evaluation of D²4FAD's released code emulated (medad.engine.released_protocol).
 
+D²4FAD-NN's training length and scoring per fold come from benchmarks/fewshot_dev_selection.py (development
+sets of other tasks' training-split images).  Seed 0 is also scored after ``FIRST_BUDGET`` epochs, the length
+used before training length was selected (the training-length ablation row); a longer run continues from it
+(constant learning rate and epoch-seeded episodes: the same as training that long from scratch).
+
 Order (so that a partial run already covers every fold): phase 1, per fold, the baselines, seed 0 of the
 default and of the paper model and the scoring ablations; phase 2 the other seeds; phase 3 training ablations.
 """
@@ -18,8 +23,10 @@ default and of the paper model and the scoring ablations; phase 2 the other seed
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -47,6 +54,9 @@ from medad.results import BenchmarkResults, mean_std
 TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 DEFAULT = "d24fad_nn"
 PAPER = "d24fad"
+#: D²4FAD-NN's training length before it was selected on development data; seed 0 is also scored after it
+FIRST_BUDGET = 32
+LENGTH_ABLATION = f"{DEFAULT}[{FIRST_BUDGET}-epochs]"
 #: variants of the trained default model that differ only in scoring (no retraining), as changes to the
 #: fold's selected scoring
 SCORING_ABLATIONS = {
@@ -60,7 +70,7 @@ SCORING_ABLATIONS = {
     "d24fad_nn[max-score]": {"score": "max"},
     "d24fad_nn[flip-supports]": {"augment": "flip"},
 }
-#: variants that need their own training (one seed, ``--ablation-folds``)
+#: variants that need their own training (one seed, ``--ablation-folds``, the fold's selected training length)
 TRAINING_ABLATIONS = {
     "d24fad_nn[no-ssd]": {"lambda_ssd": 0.0},
     "d24fad_nn[ssd-through-supports]": {"stop_gradient_supports": False},
@@ -68,8 +78,9 @@ TRAINING_ABLATIONS = {
 }
 PAPER_BRAIN_TUMOR = {"d24fad": (95.5, 95.3, 95.5), "patchcore": (64.1, 74.0, 78.1), "rd4ad": (62.2, 74.0, 81.4)}
 SELECTION = {
-    "d24fad_nn": "training settings fixed in advance (docs/METHODS.md), last epoch; the scoring (which maps, "
-                 "which image score) selected per fold by benchmarks/fewshot_dev_selection.py: the best mean "
+    "d24fad_nn": "training settings fixed in advance (docs/METHODS.md), last epoch; the training length and the "
+                 "scoring (which maps, which image score) selected per fold by "
+                 "benchmarks/fewshot_dev_selection.py: the best mean "
                  "AUROC on development sets of training-split images (held-out training normals vs "
                  "extra_train_abnormal / valid images, md5-disjoint from every test split) of the development "
                  "tasks other than the fold's target; no target label of any split was used",
@@ -91,7 +102,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--teacher", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--nn-epochs", type=int, default=32, help="D²4FAD-NN epochs (32 steps each by default)")
     parser.add_argument("--nn-batch-size", type=int, default=8)
     parser.add_argument("--nn-queries-per-task", type=int, default=64)
     parser.add_argument("--paper-epochs", type=int, default=12)
@@ -129,10 +139,12 @@ class Fold:
 
 
 class Benchmark:
-    def __init__(self, args: argparse.Namespace, results: BenchmarkResults, selected: dict[str, dict]) -> None:
+    def __init__(self, args: argparse.Namespace, results: BenchmarkResults, selected: dict[str, dict],
+                 epochs: dict[str, int]) -> None:
         self.args = args
         self.results = results
         self.selected = selected  # fold → D²4FAD-NN scoring settings (maps, score)
+        self.epochs = epochs  # fold → D²4FAD-NN training length
         self.cache = FeatureCache(build_teacher(args.teacher), cache_dir=args.cache)
         self.teacher = self.cache.teacher.eval()
 
@@ -143,9 +155,12 @@ class Benchmark:
             "backbone": self.args.teacher, "image_size": self.args.image_size, "k": k, "seed": seed,
             "support_draw": draw, "protocol": protocol, **metrics, "train_seconds": train_seconds, "epochs": epochs})
 
-    def done(self, method: str, fold: Fold, seed: int, protocol: str = "honest") -> bool:
+    def done(self, method: str, fold: Fold, seed: int, epochs: int) -> bool:
         return all(self.results.has(method=method, task=fold.target.name, seed=seed, k=k, support_draw=d,
-                                    protocol=protocol) for k in self.args.k for d in range(self.args.draws))
+                                    protocol="honest", epochs=epochs) for k in self.args.k for d in range(self.args.draws))
+
+    def training_length(self, fold: Fold, method: str) -> int:
+        return self.epochs[fold.target.name] if method.startswith(DEFAULT) else self.args.paper_epochs
 
     # ----- baselines ------------------------------------------------------------------------------
     def baselines(self, fold: Fold) -> None:
@@ -182,19 +197,21 @@ class Benchmark:
         print(f"baselines {fold.target.name} done", flush=True)
 
     # ----- few-shot models ------------------------------------------------------------------------
-    def train(self, fold: Fold, method: str, seed: int, overrides: dict, released: bool = False):
-        """Train (or resume) one few-shot model; ``released`` adds the per-epoch released-protocol AUROCs."""
+    def train(self, fold: Fold, method: str, seed: int, overrides: dict, epochs: int, released: bool = False):
+        """Train (or resume) one few-shot model for ``epochs``; ``released`` adds the per-epoch released-protocol
+        AUROCs."""
         args = self.args
         seed_everything(seed)
         if method.startswith(DEFAULT):
             model = D24FADNN(self.teacher, D24FADNNConfig(**overrides))
-            config = TrainConfig(epochs=args.nn_epochs, batch_size=args.nn_batch_size, seed=seed)
+            config = TrainConfig(epochs=epochs, batch_size=args.nn_batch_size, seed=seed)
             queries = args.nn_queries_per_task
         else:
             model = D24FAD(self.teacher, D24FADConfig(**overrides))
-            config = TrainConfig(epochs=args.paper_epochs, batch_size=args.paper_batch_size, seed=seed)
+            config = TrainConfig(epochs=epochs, batch_size=args.paper_batch_size, seed=seed)
             queries = args.paper_queries_per_task
-        run_dir = Path(args.runs) / fold.target.name / f"{method}-seed{seed}"
+        run_dir = Path(args.runs) / fold.target.name / f"{method}-seed{seed}-{epochs}ep"
+        continue_from_shorter(run_dir, epochs)
         result = train_fewshot(model, fold.train_images, config, ks=tuple(args.k), max_queries_per_task=queries,
                                out_dir=run_dir, resume=True, cache=self.cache,
                                after_epoch=self.released_after_epoch(fold, model) if released else None)
@@ -206,14 +223,15 @@ class Benchmark:
         for k in self.args.k:
             for draw in range(self.args.draws):
                 if self.results.has(method=method, task=fold.target.name, seed=seed, k=k, support_draw=draw,
-                                    protocol="honest"):
+                                    protocol="honest", epochs=result.epochs_done):
                     continue
                 evaluation = evaluate_fewshot(model, fold.supports(k, draw), fold.test_images, fold.labels,
                                               fold.masks, queries=queries)
                 self.record(method, fold, seed, k, draw, evaluation.metrics, result.train_seconds, result.epochs_done)
-            print(f"{method} seed {seed} {fold.target.name} K={k}: " + mean_std(
+            print(f"{method} seed {seed} {fold.target.name} K={k} ({result.epochs_done} epochs): " + mean_std(
                 r["image_auroc"] for r in self.results.records if r["method"] == method and r["seed"] == seed
-                and r["task"] == fold.target.name and r["k"] == k and r["protocol"] == "honest"), flush=True)
+                and r["task"] == fold.target.name and r["k"] == k and r["protocol"] == "honest"
+                and r["epochs"] == result.epochs_done), flush=True)
 
     def collapse(self, fold: Fold, model, method: str, seed: int, result) -> None:
         """Inter-image cosine per scale on the target's test normals (student vs teacher) and the training log."""
@@ -255,16 +273,19 @@ class Benchmark:
                          "best_epoch": best + 1},
                         result.train_seconds, result.epochs_done, protocol="released")
 
-    def fewshot(self, fold: Fold, method: str, seed: int, overrides: dict, scoring_ablations: bool) -> None:
+    def fewshot(self, fold: Fold, method: str, seed: int, overrides: dict, scoring_ablations: bool,
+                epochs: int | None = None) -> None:
+        """Train (or resume) and score one few-shot model, for ``epochs`` or the fold's training length."""
+        epochs = epochs or self.training_length(fold, method)
         released = method == PAPER and seed == self.args.seeds[0]
-        pending = not self.done(method, fold, seed) or (released and not self.results.has(
+        pending = not self.done(method, fold, seed, epochs) or (released and not self.results.has(
             method=method, task=fold.target.name, seed=seed, protocol="released"))
         if scoring_ablations:
-            pending = pending or any(not self.done(name, fold, seed) for name in SCORING_ABLATIONS)
+            pending = pending or any(not self.done(name, fold, seed, epochs) for name in SCORING_ABLATIONS)
         if not pending:
             return
-        model, result = self.train(fold, method, seed, overrides, released)
-        if seed == self.args.seeds[0] and method in (DEFAULT, PAPER):
+        model, result = self.train(fold, method, seed, overrides, epochs, released)
+        if seed == self.args.seeds[0] and method in (DEFAULT, PAPER) and epochs == self.training_length(fold, method):
             self.collapse(fold, model, method, seed, result)
         if method.startswith(DEFAULT):  # scored as selected for this fold
             model = self.rescored(model, {**overrides, **self.selected[fold.target.name]})
@@ -283,16 +304,45 @@ class Benchmark:
         return variant.eval()
 
 
-def selected_scoring(path: Path, tasks: list[str]) -> dict[str, dict]:
-    """Per fold, the D²4FAD-NN scoring chosen on development data (``maps`` and ``score``)."""
+def continue_from_shorter(run_dir: Path, epochs: int) -> None:
+    """Start a new run folder from the same model's longest shorter run, if any.
+
+    Few-shot training has a constant learning rate and episodes seeded by epoch, so continuing a shorter
+    run equals training the longer one from scratch.
+    """
+    if run_dir.exists():
+        return
+    stem = run_dir.name.rsplit("-", 1)[0]
+    shorter = [(int(path.name.rsplit("-", 1)[1][:-2]), path) for path in run_dir.parent.glob(f"{glob.escape(stem)}-*ep")]
+    shorter = [(length, path) for length, path in shorter if length < epochs]
+    if shorter:
+        shutil.copytree(max(shorter)[1], run_dir)
+
+
+def selected_scoring(path: Path, tasks: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
+    """Per fold, the D²4FAD-NN scoring (``maps`` and ``score``) and training length chosen on development data."""
     if not path.exists():
         raise SystemExit(f"{path} not found: run python benchmarks/fewshot_dev_selection.py first")
-    chosen = json.loads(path.read_text())["selected"]
-    missing = set(tasks) - set(chosen)
+    data = json.loads(path.read_text())
+    chosen, lengths = data["selected"], data.get("selected_epochs", {})
+    missing = set(tasks) - (set(chosen) & set(lengths))
     if missing:
-        raise SystemExit(f"{path} selects no scoring for {', '.join(sorted(missing))}")
-    return {task: {"maps": chosen[task].split("|")[0].split("+"), "score": chosen[task].split("|")[1]}
-            for task in tasks}
+        raise SystemExit(f"{path} selects no scoring or training length for {', '.join(sorted(missing))}")
+    return ({task: {"maps": chosen[task].split("|")[0].split("+"), "score": chosen[task].split("|")[1]}
+             for task in tasks}, {task: int(lengths[task]) for task in tasks})
+
+
+def current_records(records: list[dict], epochs: dict[str, int]) -> list[dict]:
+    """The records shown: D²4FAD-NN's (and its variants') at the fold's selected training length, with its
+    seed-0 records after ``FIRST_BUDGET`` epochs renamed to the training-length ablation."""
+    shown = []
+    for record in records:
+        if record["method"].startswith(DEFAULT) and record.get("epochs") != epochs.get(record["task"]):
+            if record["method"] == DEFAULT and record["epochs"] == FIRST_BUDGET and record["seed"] == 0:
+                shown.append({**record, "method": LENGTH_ABLATION})
+            continue
+        shown.append(record)
+    return shown
 
 
 def cell(records: list[dict], **key) -> str:
@@ -326,7 +376,8 @@ def acceptance(records: list[dict], tasks: list[str]) -> list[str]:
 
 
 def markdown(results: BenchmarkResults, args) -> str:
-    records = results.records
+    lengths = results.data.get("epochs_per_fold", {})
+    records = current_records(results.records, lengths)
     tasks = [t for t in args.tasks if any(r["task"] == t for r in records)]
     ks = args.k
     header = "| task | method | " + " | ".join(f"K={k}" for k in ks) + " |"
@@ -339,15 +390,17 @@ def markdown(results: BenchmarkResults, args) -> str:
              f"Every fold holds one task out; models train on the other tasks' normal training images and score the "
              f"held-out task's **whole** test split with K normal supports drawn from its training normals "
              f"({args.draws} draws per K, the same draws for every method and seed). Image AUROC (%), mean ± std over "
-             f"training seeds × support draws. `{DEFAULT}` (medad's default): {args.nn_epochs} epochs × "
+             f"training seeds × support draws. `{DEFAULT}` (medad's default): the selected number of epochs "
+             f"({', '.join(f'{task} {n}' for task, n in lengths.items())}) × "
              f"≤ {args.nn_queries_per_task} queries per task, batch {args.nn_batch_size} "
-             f"(≈ {args.nn_epochs * 4 * -(-args.nn_queries_per_task // args.nn_batch_size)} steps), seeds "
+             f"({4 * -(-args.nn_queries_per_task // args.nn_batch_size)} steps per epoch), seeds "
              f"{args.seeds}. `{PAPER}` (the paper's model): {args.paper_epochs} epochs × ≤ {args.paper_queries_per_task} "
              f"queries per task, batch {args.paper_batch_size}, seeds {args.seeds}. Baselines on the same supports: "
              f"`patchcore` (PatchCore-K, nearest neighbour on the teacher's patches, no training), `rd4ad` (RD4AD "
              f"trained {args.rd4ad_steps} steps on the K supports). Last epoch everywhere; no choice used a target "
              f"test label. The paper uses WideResNet-50 and other data except Brain Tumor.", "",
-             f"`{DEFAULT}`'s scoring per fold, selected on development sets of other tasks' training-split images "
+             f"`{DEFAULT}`'s training length and scoring per fold, selected on development sets of other tasks' "
+             "training-split images "
              "(`fewshot_dev_selection`): " + "; ".join(
                  f"{task} `{'+'.join(c['maps'])}`, {c['score']}" for task, c in
                  results.data.get("scoring_per_fold", {}).items()) + ".", "", "## Main table", "",
@@ -371,10 +424,11 @@ def markdown(results: BenchmarkResults, args) -> str:
                   f"{m} {'/'.join(map(str, v))}" for m, v in PAPER_BRAIN_TUMOR.items()) + " (K=2/4/8)."]
     lines += ["", f"## Ablations of the default (seed {args.seeds[0]}, mean ± std over draws)", "",
               "Scoring ablations reuse the trained default model and change the fold's selected scoring as named; "
-              "training ablations retrain it "
+              f"`{LENGTH_ABLATION}` is the same model after {FIRST_BUDGET} epochs (where the fold's selected length "
+              "differs); training ablations retrain it for the fold's selected length "
               f"(folds {', '.join(args.ablation_folds)}).", "", header, rule]
     for task in tasks:
-        for method in [DEFAULT, *SCORING_ABLATIONS, *TRAINING_ABLATIONS]:
+        for method in [DEFAULT, LENGTH_ABLATION, *SCORING_ABLATIONS, *TRAINING_ABLATIONS]:
             if any(r["method"] == method and r["task"] == task for r in records):
                 lines.append(f"| {task} | {method} | " + " | ".join(
                     cell(records, task=task, method=method, k=k, seed=args.seeds[0], protocol="honest")
@@ -426,9 +480,10 @@ def main() -> int:
     results = BenchmarkResults(args.name, command)
     results.data["default_method"] = DEFAULT
     results.data["selection"] = SELECTION
-    selected = selected_scoring(Path(args.selection), args.tasks)
+    selected, lengths = selected_scoring(Path(args.selection), args.tasks)
     results.data["scoring_per_fold"] = selected
-    bench = Benchmark(args, results, selected)
+    results.data["epochs_per_fold"] = lengths
+    bench = Benchmark(args, results, selected, lengths)
     loaded: dict[str, Fold] = {}
 
     def fold_of(target: str) -> Fold:
@@ -452,6 +507,7 @@ def main() -> int:
     for target in folds:  # phase 1
         fold = fold_of(target)
         timed(lambda: bench.baselines(fold), target)
+        timed(lambda: bench.fewshot(fold, DEFAULT, first, {}, scoring_ablations=False, epochs=FIRST_BUDGET), target)
         timed(lambda: bench.fewshot(fold, DEFAULT, first, {}, scoring_ablations=True), target)
         timed(lambda: bench.fewshot(fold, PAPER, first, {}, scoring_ablations=False), target)
     for seed in others:  # phase 2
