@@ -61,17 +61,17 @@ def load_lukemelas_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     model.load_state_dict(timm_state_dict(model, state_dict), strict=True)
 
 
-def imagenet_state_dict(variant: str, weights: str | Path) -> dict[str, torch.Tensor]:
-    """The timm-keyed ImageNet ``state_dict`` of ``variant`` from ``weights`` ("imagenet" or a file path)."""
+def imagenet_state_dict(variant: str, weights: str | Path, network: nn.Module) -> dict[str, torch.Tensor]:
+    """The ImageNet ``state_dict`` of ``variant`` from ``weights`` ("imagenet" or a file path), keyed as
+    ``network`` (timm's ``tf_<variant>``)."""
     path = packaged_weights_path(variant) if weights == "imagenet" else Path(weights)
     if not path.is_file():
         raise MissingWeightsError(f"{variant} weights file not found: {path}")
-    network = timm.create_model(f"tf_{variant}", pretrained=False)
     return timm_state_dict(network, torch.load(path, map_location="cpu", weights_only=True))
 
 
 def build_classifier(variant: str = "efficientnet_lite0") -> nn.Module:
     """The full ImageNet classifier (used to verify the weight mapping on a real photo)."""
     network = timm.create_model(f"tf_{variant}", pretrained=False)
-    network.load_state_dict(imagenet_state_dict(variant, "imagenet"), strict=True)
+    network.load_state_dict(imagenet_state_dict(variant, "imagenet", network), strict=True)
     return network.eval()

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from torch import nn
+
 from medad.backbones import DEFAULT_TEACHER, efficientnet_lite, torchvision_weights
 from medad.backbones.base import Teacher
 from medad.backbones.timm_teacher import TimmTeacher
@@ -46,11 +48,11 @@ def register_teacher(name: str, weights_source: str) -> Callable[[Builder], Buil
 
 def _register_timm(name: str, timm_name: str, weights_source: str, mean: tuple[float, float, float],
                    std: tuple[float, float, float],
-                   state_dict: Callable[[str, str | Path], dict]) -> None:
+                   state_dict: Callable[[str, str | Path, nn.Module], dict]) -> None:
     @register_teacher(name, weights_source)
     def build(weights: WeightsSpec, num_stages: int) -> Teacher:
         return TimmTeacher(name, timm_name, mean=mean, std=std, num_stages=num_stages,
-                           state_dict=None if weights is None else state_dict(name, weights))
+                           weights=None if weights is None else lambda network: state_dict(name, weights, network))
 
 
 for _variant in efficientnet_lite.WEIGHT_FILES:
@@ -58,7 +60,8 @@ for _variant in efficientnet_lite.WEIGHT_FILES:
                    efficientnet_lite.MEAN, efficientnet_lite.STD, efficientnet_lite.imagenet_state_dict)
 for _arch in torchvision_weights.WEIGHTS_ENUMS:
     _register_timm(_arch, _arch, "torchvision checkpoint (offline lookup, then download)",
-                   torchvision_weights.MEAN, torchvision_weights.STD, torchvision_weights.resolve_state_dict)
+                   torchvision_weights.MEAN, torchvision_weights.STD,
+                   lambda arch, weights, network: torchvision_weights.resolve_state_dict(arch, weights))
 
 
 @register_teacher("vmamba_tiny", "official VMamba v0 checkpoint, never downloaded")

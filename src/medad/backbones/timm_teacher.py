@@ -8,25 +8,31 @@ the architecture is an error, and only then is the model cut down to the stages 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import timm
 import torch
 from timm.models._features import FeatureGetterNet
+from torch import nn
 
 from medad.backbones.base import FeatureStage, Teacher
 
 
 class TimmTeacher(Teacher):
-    """A frozen timm model returning its feature maps at strides 4, 8, 16(, 32)."""
+    """A frozen timm model returning its feature maps at strides 4, 8, 16(, 32).
+
+    ``weights(network)`` gives the ``state_dict`` to load into the full timm model (None: random weights).
+    """
 
     def __init__(self, name: str, timm_name: str, *, mean: tuple[float, float, float],
                  std: tuple[float, float, float], num_stages: int = 3,
-                 state_dict: dict[str, torch.Tensor] | None = None) -> None:
+                 weights: Callable[[nn.Module], dict[str, torch.Tensor]] | None = None) -> None:
         super().__init__(mean=mean, std=std)
         self.name = name
         network = timm.create_model(timm_name, pretrained=False)
-        if state_dict is not None:
+        if weights is not None:
             try:
-                network.load_state_dict(state_dict, strict=True)
+                network.load_state_dict(weights(network), strict=True)
             except RuntimeError as error:
                 detail = " ".join(str(error).split())[:300]
                 raise ValueError(f"the weights given for teacher {name} do not fit timm's {timm_name}: {detail}") from error

@@ -12,14 +12,16 @@ student features, summed over scales, Gaussian-smoothed per image, averaged.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medad.backbones.base import FeatureStage, Teacher
+from medad.models.base import FewShotModel
 from medad.models.rd4ad import check_finite
+from medad.models.registry import TrainingDefaults, register_method
 from medad.models.student import Student
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
 
@@ -111,10 +113,11 @@ class SupportFeatures:
         return cls([tensors[f"student{i}"] for i in range(scales)], [tensors[f"projected{i}"] for i in range(scales)])
 
 
-class D24FAD(nn.Module):
+@register_method("d24fad", kind="few_shot", config=D24FADConfig,
+                 training=TrainingDefaults(epochs=10, batch_size=16, max_queries_per_task=256),
+                 summary="the paper's model (Dong et al.), kept for reproduction; d24fad_nn replaces it")
+class D24FAD(FewShotModel):
     """Frozen teacher, student decoder and one support weighting per scale."""
-
-    method = "d24fad"
 
     def __init__(self, teacher: Teacher, config: D24FADConfig | None = None) -> None:
         super().__init__()
@@ -122,24 +125,6 @@ class D24FAD(nn.Module):
         self.teacher = teacher
         self.student = Student(teacher.feature_info, self.config.blocks_per_stage)
         self.weighting = nn.ModuleList([SupportWeighting(stage, self.config.weighting) for stage in teacher.feature_info])
-
-    @classmethod
-    def from_teacher_names(cls, teacher: str, config: D24FADConfig, teacher_weights) -> "D24FAD":
-        from medad.backbones import build_teacher
-
-        return cls(build_teacher(teacher, weights=teacher_weights), config)
-
-    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{key}": value for name, module in (("student", self.student), ("weighting", self.weighting))
-                for key, value in module.state_dict().items()}
-
-    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, module in (("student", self.student), ("weighting", self.weighting)):
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-
-    def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
 
     # ----- shared pieces -------------------------------------------------------------------------
     def support_distance_maps(self, query_student: list[torch.Tensor], supports: SupportFeatures
@@ -216,10 +201,6 @@ class D24FAD(nn.Module):
     def predict_with_weights(self, images: torch.Tensor, supports: SupportFeatures
                              ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         return self.score_encoded(self.encode_queries(images), supports)
-
-    def predict(self, images: torch.Tensor, supports: SupportFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores, _ = self.predict_with_weights(images, supports)
-        return maps, scores
 
 
 @dataclass

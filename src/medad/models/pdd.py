@@ -31,7 +31,7 @@ Ablation switches (Tables 3 and 4): ``dual_teacher``, ``students``, ``use_div``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +40,8 @@ from torch import nn
 
 from medad.backbones.base import FeatureStage, Teacher
 from medad.backbones.pair import TeacherPair
+from medad.models.base import OneClassModel
+from medad.models.registry import TrainingDefaults, register_method
 from medad.models.rd4ad import check_finite
 from medad.models.student import (
     BOTTLENECK_WIDTH,
@@ -251,10 +253,13 @@ class PDDStudent(nn.Module):
         return self.decoder(self.compress(x), priors)
 
 
-class PDD(nn.Module):
+@register_method("pdd", kind="one_class", config=PDDConfig,
+                 training=TrainingDefaults(epochs=20, batch_size=16, cosine_schedule=True),
+                 summary="two frozen teachers fused (InA, MMU) and distilled into two diverse students (Lu et al.)")
+class PDD(OneClassModel):
     """Dual teachers (frozen) → InA targets + MMU unified feature → two students; anomaly = T–S disagreement."""
 
-    method = "pdd"
+    teacher_stages = NUM_TEACHER_STAGES
 
     def __init__(self, teacher: Teacher, config: PDDConfig | None = None) -> None:
         super().__init__()
@@ -306,21 +311,6 @@ class PDD(nn.Module):
                              f"'efficientnet_lite0+efficientnet_lite2'), got {teacher!r}; a single teacher only "
                              f"works for the 1t1s ablation (model option dual_teacher=false)")
         return cls(build_teacher(teacher, weights=teacher_weights, num_stages=NUM_TEACHER_STAGES), config)
-
-    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the frozen teacher: MMU, students, BatchNorm statistics and InA's fixed projections."""
-        return {key: value for key, value in self.state_dict().items() if not key.startswith("teacher.")}
-
-    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.learnable_state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not match this PDD configuration (missing {missing[:4]}, unexpected "
-                             f"{unexpected[:4]}): it was saved with other teachers or ablation switches")
-        self.load_state_dict(state, strict=False)
-
-    def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
 
     # --- features -------------------------------------------------------------------------------------------------
 
