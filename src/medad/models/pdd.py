@@ -253,7 +253,7 @@ class PDDStudent(nn.Module):
         return self.decoder(self.compress(x), priors)
 
 
-@register_method("pdd", kind="one_class", config=PDDConfig,
+@register_method("pdd", kind="one_class", config=PDDConfig, teachers=2,
                  training=TrainingDefaults(epochs=20, batch_size=16, cosine_schedule=True),
                  summary="two frozen teachers fused (InA, MMU) and distilled into two diverse students (Lu et al.)")
 class PDD(OneClassModel):

@@ -43,6 +43,8 @@ class MethodInfo:
     training: TrainingDefaults
     summary: str
     default: bool = False
+    #: frozen teachers the method takes ("a+b" names two)
+    teachers: int = 1
 
 
 _METHODS: dict[str, MethodInfo] = {}
@@ -50,7 +52,7 @@ _discovered = False
 
 
 def register_method(name: str, *, kind: Kind, config: type, training: TrainingDefaults, summary: str,
-                    default: bool = False) -> Callable[[type], type]:
+                    default: bool = False, teachers: int = 1) -> Callable[[type], type]:
     """Class decorator: register ``name`` (a one-class or few-shot model, ``default`` for its kind)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
@@ -59,7 +61,7 @@ def register_method(name: str, *, kind: Kind, config: type, training: TrainingDe
         if name in _METHODS and _METHODS[name].model is not model:
             raise ValueError(f"method {name!r} is registered twice")
         model.method = name
-        _METHODS[name] = MethodInfo(name, kind, model, config, training, summary, default)
+        _METHODS[name] = MethodInfo(name, kind, model, config, training, summary, default, teachers)
         return model
     return register
 
