@@ -39,6 +39,7 @@ def _scores(model, info, images, supports):
 KNOWN_FAILURES = {"d24fad": "the paper's model collapses to a constant student (docs/METHODS.md, D²4FAD-NN)"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(methods()))
 def test_a_registered_method_trains_saves_loads_and_finds_lesions(name, images, tmp_path):
     info = methods()[name]

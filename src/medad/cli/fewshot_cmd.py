@@ -208,7 +208,8 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
             records.append({"k": k, "support_draw": draw, "support": support_paths, **evaluation.metrics})
             console.info(f"K={k} draw {draw}: " + format_metrics(task.name, evaluation.metrics))
             run.write_csv(fewshot_scores_file(task.name, k, draw), ["path", "label", "score"],
-                          ((path, label, float(score)) for path, label, score in zip(paths, labels, evaluation.scores)))
+                          ((path, label, float(score))
+                           for path, label, score in zip(paths, labels, evaluation.scores, strict=True)))
             if weight_parts:
                 weights = torch.cat(weight_parts).cpu().numpy()
                 run.write_json(support_weights_file(task.name, k, draw),
@@ -227,7 +228,7 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
                                labels=[labels[i] for i in shown])
                 RunFolder(heat_dir).write_csv(HEATMAP_INDEX, ["file", "path", "label", "score"],
                                               ((f"{stem}.png", paths[i], labels[i], float(evaluation.scores[i]))
-                                               for stem, i in zip(heatmap_file_stems(names), shown)))
+                                               for stem, i in zip(heatmap_file_stems(names), shown, strict=True)))
     summary = {}
     for k in args.k:
         aurocs = [r["image_auroc"] for r in records if r["k"] == k]

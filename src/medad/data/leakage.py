@@ -74,7 +74,7 @@ def _key(path: Path, slice_index: int | None) -> tuple:
         return (os.path.abspath(path), slice_index, None, None)
 
 
-def pixel_hash(sample_or_path: "Sample | str | os.PathLike", slice_index: int | None = None,
+def pixel_hash(sample_or_path: Sample | str | os.PathLike, slice_index: int | None = None,
                *, decoded: np.ndarray | None = None) -> str:
     """Hash of the decoded pixels of a sample / file / volume slice (cached).
 

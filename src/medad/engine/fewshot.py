@@ -92,7 +92,7 @@ def train_fewshot(model: FewShotModel, task_images: dict[str, torch.Tensor], con
 
     sizes = [len(task_images[name]) for name in names]
     probe = [torch.cat(stage) for stage in zip(*[teacher_features(task, torch.arange(min(size, PROBE_IMAGES_PER_TASK)))
-                                                  for task, size in enumerate(sizes)])]
+                                                  for task, size in enumerate(sizes)], strict=True)]
     return fit(model, lambda epoch: make_episodes(sizes, config.batch_size, ks, epoch, config.seed, max_queries_per_task),
                loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc="few-shot training",
                monitor=lambda: {**collapse_monitor(model, probe), **(after_epoch() if after_epoch else {})})

@@ -108,7 +108,7 @@ class SupportFeatures:
         return {**tensors, **{f"projected{i}": p.contiguous() for i, p in enumerate(self.projected)}}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "SupportFeatures":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SupportFeatures:
         scales = len(tensors) // 2
         return cls([tensors[f"student{i}"] for i in range(scales)], [tensors[f"projected{i}"] for i in range(scales)])
 
@@ -131,7 +131,7 @@ class D24FAD(FewShotModel):
                               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-scale B×h×w maps of Eq. 5 (or Eq. 2 when uniform) and the B×K weights per scale."""
         maps, weights = [], []
-        for weighting, zq, zs, projected in zip(self.weighting, query_student, supports.student, supports.projected):
+        for weighting, zq, zs, projected in zip(self.weighting, query_student, supports.student, supports.projected, strict=True):
             w = weighting(zq, zs, projected)
             if self.config.weighting == "uniform":
                 distance = torch.stack([cosine_distance_map(zq, support.expand_as(zq)) for support in zs]).mean(0)
@@ -144,14 +144,14 @@ class D24FAD(FewShotModel):
 
     def encode_supports(self, support_teacher: list[torch.Tensor]) -> SupportFeatures:
         student = self.student(support_teacher)
-        projected = [weighting.project_supports(z) for weighting, z in zip(self.weighting, student)]
+        projected = [weighting.project_supports(z) for weighting, z in zip(self.weighting, student, strict=True)]
         return SupportFeatures(student, projected)
 
     # ----- training ------------------------------------------------------------------------------
     def loss(self, query_teacher: list[torch.Tensor], support_teacher: list[torch.Tensor]) -> torch.Tensor:
         """λ·L_tsd + L_ssd(-l2w) for B queries and K supports of the same task (teacher features)."""
         batch = query_teacher[0].shape[0]
-        joint = self.student([torch.cat([q, s]) for q, s in zip(query_teacher, support_teacher)])
+        joint = self.student([torch.cat([q, s]) for q, s in zip(query_teacher, support_teacher, strict=True)])
         query_student = [z[:batch] for z in joint]
         support_student = [z[batch:] for z in joint]
         total = query_teacher[0].new_zeros(())
@@ -160,7 +160,7 @@ class D24FAD(FewShotModel):
             total = total + (self.config.lambda_tsd if self.config.use_ssd else 1.0) * tsd
         if self.config.use_ssd:
             supports = SupportFeatures(support_student,
-                                       [w.project_supports(z) for w, z in zip(self.weighting, support_student)])
+                                       [w.project_supports(z) for w, z in zip(self.weighting, support_student, strict=True)])
             maps, _ = self.support_distance_maps(query_student, supports)
             total = total + torch.stack([m.mean() for m in maps]).sum()
         return total
@@ -180,20 +180,20 @@ class D24FAD(FewShotModel):
         return SupportFeatures.from_tensors(tensors)
 
     @torch.no_grad()
-    def encode_queries(self, images: torch.Tensor) -> "QueryFeatures":
+    def encode_queries(self, images: torch.Tensor) -> QueryFeatures:
         """Teacher and student features of query images (independent of the support set)."""
         check_finite(images)
         teacher = self.teacher(images)
         return QueryFeatures(teacher, self.student(teacher), tuple(images.shape[-2:]))
 
     @torch.no_grad()
-    def score_encoded(self, queries: "QueryFeatures", supports: SupportFeatures
+    def score_encoded(self, queries: QueryFeatures, supports: SupportFeatures
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Anomaly maps (B×H×W), image scores (B) and per-scale support weights (B×K each)."""
         if self.config.use_ssd:
             distances, weights = self.support_distance_maps(queries.student, supports)
         else:
-            distances = [cosine_distance_map(t, z) for t, z in zip(queries.teacher, queries.student)]
+            distances = [cosine_distance_map(t, z) for t, z in zip(queries.teacher, queries.student, strict=True)]
             weights = []
         maps = anomaly_maps(distances, queries.image_size, self.config.sigma)
         return maps, image_scores(maps, self.config.score_reduce), weights
@@ -215,10 +215,10 @@ class QueryFeatures:
         return self.student[0].shape[0]
 
     @classmethod
-    def concat(cls, parts: list["QueryFeatures"]) -> "QueryFeatures":
+    def concat(cls, parts: list[QueryFeatures]) -> QueryFeatures:
         return cls([torch.cat([p.teacher[i] for p in parts]) for i in range(len(parts[0].teacher))],
                    [torch.cat([p.student[i] for p in parts]) for i in range(len(parts[0].student))],
                    parts[0].image_size)
 
-    def __getitem__(self, rows: slice) -> "QueryFeatures":
+    def __getitem__(self, rows: slice) -> QueryFeatures:
         return QueryFeatures([t[rows] for t in self.teacher], [z[rows] for z in self.student], self.image_size)

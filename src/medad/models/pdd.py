@@ -129,7 +129,7 @@ class PDDConfig:
             raise ValueError("div_low_layers must be ≥ 0")
 
     @classmethod
-    def ablation(cls, name: str, **overrides) -> "PDDConfig":
+    def ablation(cls, name: str, **overrides) -> PDDConfig:
         """The config of a named ablation row (:data:`ABLATIONS`), plus ``overrides``."""
         if name not in ABLATIONS:
             raise ValueError(f"unknown PDD ablation {name!r}; known: {', '.join(ABLATIONS)}")
@@ -174,7 +174,7 @@ class InA(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.num_stages = len(first)
-        for index, (a, b) in enumerate(zip(first, second)):
+        for index, (a, b) in enumerate(zip(first, second, strict=True)):
             self.register_buffer(f"projection{index}", fixed_projection(b.channels, a.channels, generator))
 
     def projections(self) -> list[torch.Tensor]:
@@ -183,7 +183,7 @@ class InA(nn.Module):
     @torch.no_grad()
     def forward(self, first: list[torch.Tensor], second: list[torch.Tensor]) -> list[torch.Tensor]:
         fused = []
-        for projection, t1, t2 in zip(self.projections(), first, second):
+        for projection, t1, t2 in zip(self.projections(), first, second, strict=True):
             projected = torch.einsum("oc,bchw->bohw", projection.to(t2.dtype), t2)
             fused.append(t1 + resize_to(projected, t1))
         return fused
@@ -212,7 +212,7 @@ class PriorDecoder(Decoder):
         deep_first = list(reversed(priors)) if priors is not None else [None] * len(self.ups)
         outputs = []
         x = embedding
-        for up, refine, prior in zip(self.ups, self.refine, deep_first):
+        for up, refine, prior in zip(self.ups, self.refine, deep_first, strict=True):
             x = up(x)
             if prior is not None:
                 x = x + resize_to(prior, x)
@@ -248,7 +248,7 @@ class PDDStudent(nn.Module):
         priors = [affine(unified) for affine in self.mpa] if self.mpa is not None else None
         x = unified
         if self.align is not None:
-            aligned = [resize_to(align(target), unified) for align, target in zip(self.align, targets)]
+            aligned = [resize_to(align(target), unified) for align, target in zip(self.align, targets, strict=True)]
             x = torch.cat([*aligned, unified], dim=1)
         return self.decoder(self.compress(x), priors)
 
@@ -300,7 +300,7 @@ class PDD(OneClassModel):
     # --- construction / checkpoints -------------------------------------------------------------------------------
 
     @classmethod
-    def from_teacher_names(cls, teacher: str, config: PDDConfig, teacher_weights) -> "PDD":
+    def from_teacher_names(cls, teacher: str, config: PDDConfig, teacher_weights) -> PDD:
         from medad.backbones import build_teacher
         from medad.backbones.pair import build_teacher_pair
 
@@ -358,17 +358,17 @@ class PDD(OneClassModel):
 
     def kr_loss(self, targets: list[torch.Tensor], s1: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 5: Σ_i MSE(f_b^i, s1^i)."""
-        return sum(self._mse(t, s) for t, s in zip(targets, s1))
+        return sum(self._mse(t, s) for t, s in zip(targets, s1, strict=True))
 
     def prp_loss(self, targets: list[torch.Tensor], s2: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 7: Σ_i α·MSE(f_b^i, s2^i) + β·mean(1 − cos(f_b^i, s2^i)) (cosine per location)."""
         return sum(self.config.alpha * self._mse(t, s) + self.config.beta * cosine_distance_map(t, s).mean()
-                   for t, s in zip(targets, s2))
+                   for t, s in zip(targets, s2, strict=True))
 
     def div_loss(self, s1: list[torch.Tensor], s2: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 8 per location: max(0, cos − τ_low) on the low stages, max(0, τ_high − cos) on the high ones."""
         total = s1[0].new_zeros(())
-        for index, (a, b) in enumerate(zip(s1, s2)):
+        for index, (a, b) in enumerate(zip(s1, s2, strict=True)):
             cosine = F.cosine_similarity(a, b, dim=1)
             if index < self.config.div_low_layers:
                 total = total + torch.relu(cosine - self.config.tau_low).mean()
@@ -400,7 +400,7 @@ class PDD(OneClassModel):
         reference = getattr(self, "loss_reference", None)
         if reference is None or torch.isnan(reference).any():
             return None
-        return {name: float(value) for name, value in zip(LOSS_TERMS, reference.tolist())}
+        return {name: float(value) for name, value in zip(LOSS_TERMS, reference.tolist(), strict=True)}
 
     def loss_terms(self, teacher_features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The raw terms of Eq. 9 (those the configuration uses) and, under ``"total"``, Eq. 9 itself with each
@@ -428,7 +428,8 @@ class PDD(OneClassModel):
         """Per student and stage: Σ(s − f_b)² / Σ f_b² (error energy / target energy) on these features."""
         targets = self.targets(teacher_features)
         outputs = self.students(self.unified(teacher_features), targets)
-        return {name: [float((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)) for t, s in zip(targets, student)]
+        return {name: [float((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12))
+                       for t, s in zip(targets, student, strict=True)]
                 for name, student in outputs.items()}
 
     def loss(self, teacher_features: list[torch.Tensor]) -> torch.Tensor:
@@ -442,8 +443,8 @@ class PDD(OneClassModel):
         targets = self.targets(teacher_features)
         outputs = self.students(self.unified(teacher_features), targets)
         if self.config.score_map == "student_student":
-            return [cosine_distance_map(a, b) for a, b in zip(outputs["s1"], outputs["s2"])]
-        return [cosine_distance_map(t, s) for student in outputs.values() for t, s in zip(targets, student)]
+            return [cosine_distance_map(a, b) for a, b in zip(outputs["s1"], outputs["s2"], strict=True)]
+        return [cosine_distance_map(t, s) for student in outputs.values() for t, s in zip(targets, student, strict=True)]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
