@@ -114,7 +114,7 @@ def main() -> None:
         for batch in (1, args.batch):
             images = test_images[:batch]
             timings = interleaved_timings({"eager": lambda images=images: eager(images),
-                                           "onnxruntime": lambda images=images: run_onnx(session, images)},
+                                           "onnxruntime": lambda images=images, session=session: run_onnx(session, images)},
                                           repeats=args.repeats)
             for what, seconds in timings.items():
                 record = {"what": f"score_{what}", "method": method, "backbone": meta["teacher"],

@@ -42,7 +42,7 @@ from medad.engine.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.features import FeatureCache
 from medad.models.d24fad_nn import MAPS, SCORES, D24FADNN, D24FADNNConfig, fused_image_scores
-from medad.models.factory import FEWSHOT_TRAINING
+from medad.models.registry import method_info
 from medad.results import BenchmarkResults
 
 TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
@@ -100,7 +100,7 @@ def main() -> int:
                                            shlex.join(sys.argv[1:])).strip())
     cache = FeatureCache(build_teacher(args.teacher), cache_dir=args.cache)
     teacher = cache.teacher.eval()
-    budget = FEWSHOT_TRAINING[D24FADNN.method]
+    budget = method_info(D24FADNN.method).training.as_dict()
     loaded: dict[str, torch.Tensor] = {}  # each task's training images, decoded once for every development task
 
     def train_images_of(name: str) -> torch.Tensor:

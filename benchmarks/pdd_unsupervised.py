@@ -347,10 +347,12 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
                      if f"{c:g}" in entry.get("candidates", {}) else "—" for c in args.lambda_div_grid]
             lines.append(f"| {PAPER_NAMES.get(task, task)} | {alone.get('s1', float('nan')):.3f} | "
                          f"{alone.get('s2', float('nan')):.3f} | " + " | ".join(cells) + " |")
-    multiclass = [t for t in args.multiclass_tasks if groups.get(("pdd[multi-class]", t)) or groups.get(("rd4ad[multi-class]", t))]
+    multiclass = [t for t in args.multiclass_tasks
+                  if groups.get(("pdd[multi-class]", t)) or groups.get(("rd4ad[multi-class]", t))]
     if multiclass:
         lines += ["", f"## Multi-class (one model trained on {' + '.join(args.multiclass_tasks)}, evaluated per task)",
-                  "", "| task | method | seeds | AUROC / AP / F1-max, one model | same, per-task model |", "|---|---|---|---|---|"]
+                  "", "| task | method | seeds | AUROC / AP / F1-max, one model | same, per-task model |",
+                  "|---|---|---|---|---|"]
         for task in multiclass:
             for method in ("pdd", "rd4ad"):
                 records = groups.get((f"{method}[multi-class]", task), [])

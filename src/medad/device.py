@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from contextlib import nullcontext
-from typing import ContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
@@ -56,7 +55,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def autocast(device: torch.device) -> ContextManager:
+def autocast(device: torch.device) -> AbstractContextManager:
     """Mixed precision on CUDA, a no-op elsewhere."""
     dtype = autocast_dtype(device)
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()

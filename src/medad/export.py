@@ -31,7 +31,7 @@ from torch import nn
 
 from medad.io_utils import atomic_path
 from medad.models.d24fad import QueryFeatures
-from medad.models.factory import FEWSHOT_METHODS
+from medad.models.registry import methods
 from medad.scoring import anomaly_maps, image_scores
 
 #: ONNX operator set of exported graphs (onnxruntime ≥ 1.12 runs it)
@@ -66,7 +66,7 @@ class FewShotGraph(nn.Module):
             self.register_buffer(f"support_{name}", tensor)
 
     def forward(self, images: torch.Tensor, *supports: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        tensors = (dict(zip(self.names, supports)) if supports else
+        tensors = (dict(zip(self.names, supports, strict=False)) if supports else
                    {name: getattr(self, f"support_{name}") for name in self.names})
         bank = self.model.supports_from_tensors({**tensors, "k": torch.tensor(self.k)})
         teacher = self.model.teacher(images)
@@ -95,7 +95,7 @@ def scoring_graph(model: nn.Module, image_size: int, support_images: torch.Tenso
     model = model.cpu().eval()
     images = torch.rand(example_batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     dynamic = {"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}}
-    if model.method not in FEWSHOT_METHODS:
+    if model.method not in methods("few_shot"):
         if support_images is not None:
             raise ValueError(f"a {model.method} model takes no support images: it was trained on its task")
         return ScoringGraph(OneClassGraph(model).eval(), (images,), ["images"], dynamic)
@@ -205,6 +205,6 @@ def verify_export(graph: ScoringGraph, result: ExportResult, batch: int = 3) -> 
     supports = graph.example[1:]
     with torch.no_grad():
         maps, scores = graph.module(images, *supports)
-    got_maps, got_scores = run_exported(result, images, dict(zip(graph.input_names[1:], supports)) or None)
+    got_maps, got_scores = run_exported(result, images, dict(zip(graph.input_names[1:], supports, strict=False)) or None)
     return {"max_abs_score_difference": float(np.abs(got_scores - scores.numpy()).max()),
             "max_abs_map_difference": float(np.abs(got_maps - maps.numpy()).max())}

@@ -43,7 +43,7 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3, num_thresho
     normal_counts, _ = np.histogram(maps[~masks], bins=edges)
     fpr = np.concatenate([[1.0], 1.0 - np.cumsum(normal_counts) / max(normal_counts.sum(), 1)])
     region_overlaps = []
-    for mask, amap in zip(masks, maps):
+    for mask, amap in zip(masks, maps, strict=True):
         labelled, n_regions = ndimage.label(mask)
         for region in range(1, n_regions + 1):
             counts, _ = np.histogram(amap[labelled == region], bins=edges)

@@ -589,7 +589,7 @@ def _bar_chart(rows: list[dict[str, Any]], title: str):
     ncols = min(3, len(tasks))
     nrows = int(np.ceil(len(tasks) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows + 0.8), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
+    for ax, task in zip(axes.flat, tasks, strict=False):
         draw(ax, ks, lambda k: [row for row in rows if row["task"] == task and row["k"] == k])
         ax.set_xticks(range(len(ks)), [("K=" + str(k)) if k is not None else "full" for k in ks])
         ax.set_title(task)
@@ -598,7 +598,7 @@ def _bar_chart(rows: list[dict[str, Any]], title: str):
         ax.axis("off")
     handles, labels = [], []
     for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
@@ -625,7 +625,7 @@ def _roc_figure(score_sets: list[ScoreSet]):
     nrows = int(np.ceil(len(tasks) / ncols))
     legend_lines = 1 + max(len(_ordered(s.series for s in members)) for members in by_task.values())
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, (4.7 + 0.2 * legend_lines) * nrows), squeeze=False)
-    for ax, task in zip(axes.flat, tasks):
+    for ax, task in zip(axes.flat, tasks, strict=False):
         series = _ordered(s.series for s in by_task[task])
         colours = _method_colours(series)
         for name in series:
@@ -665,14 +665,14 @@ def _distribution_figure(score_sets: list[ScoreSet]):
     nrows = int(np.ceil(len(score_sets) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 4.2 * nrows), squeeze=False)
     rng = np.random.default_rng(0)
-    for ax, score_set in zip(axes.flat, score_sets):
+    for ax, score_set in zip(axes.flat, score_sets, strict=False):
         groups = [score_set.scores[score_set.labels == 0], score_set.scores[score_set.labels == 1]]
         box = ax.boxplot(groups, positions=[0, 1], widths=0.5, showfliers=False, patch_artist=True,
                          medianprops={"color": "black"})
-        for patch, colour in zip(box["boxes"], (NORMAL_COLOUR, ABNORMAL_COLOUR)):
+        for patch, colour in zip(box["boxes"], (NORMAL_COLOUR, ABNORMAL_COLOUR), strict=True):
             patch.set_facecolor(colour)
             patch.set_alpha(0.25)
-        for position, values, colour in zip((0, 1), groups, (NORMAL_COLOUR, ABNORMAL_COLOUR)):
+        for position, values, colour in zip((0, 1), groups, (NORMAL_COLOUR, ABNORMAL_COLOUR), strict=True):
             jitter = rng.uniform(-0.17, 0.17, size=len(values))
             ax.scatter(position + jitter, values, s=9, color=colour, alpha=0.6, linewidths=0)
         ax.set_xticks([0, 1], [f"normal\n(n={len(groups[0])})", f"abnormal\n(n={len(groups[1])})"])
@@ -709,14 +709,14 @@ def _heatmap_figure(heat: HeatmapSet):
     heights = [row_height * r + header for r in row_counts]
     fig = plt.figure(figsize=(15, sum(heights)))
     subfigs = fig.subfigures(len(sections), 1, height_ratios=heights, squeeze=False)
-    for subfig, (title, tiles), rows, height in zip(subfigs.flat, sections, row_counts, heights):
+    for subfig, (title, tiles), rows, height in zip(subfigs.flat, sections, row_counts, heights, strict=False):
         subfig.suptitle(title, fontsize=13, fontweight="bold", x=0.005, y=1 - 0.05 / height, ha="left", va="top")
         axes = subfig.subplots(rows, ncols, squeeze=False,
                                gridspec_kw={"left": 0.005, "right": 0.995, "bottom": 0.01,
                                             "top": 1 - header / height, "wspace": 0.04, "hspace": 0.24})
         for ax in axes.flat:
             ax.axis("off")
-        for ax, tile in zip(axes.flat, tiles):
+        for ax, tile in zip(axes.flat, tiles, strict=False):
             with Image.open(tile.png) as image:
                 ax.imshow(np.asarray(image.convert("RGB")), interpolation="nearest")
             ax.axis("off")
@@ -796,7 +796,7 @@ def _weights_figure(weight_set: WeightSet):
         score = f" {scores[i]:.3g}" if weight_set.scores is not None else ""
         row_labels.append(f"{_short(_display_name(weight_set.queries[i]), 22)} · {tag}{score}")
     ax.set_yticks(range(len(rows)), row_labels, fontsize=8)
-    for tick, i in zip(ax.get_yticklabels(), rows):
+    for tick, i in zip(ax.get_yticklabels(), rows, strict=True):
         tick.set_color({0: NORMAL_COLOUR, 1: ABNORMAL_COLOUR}.get(int(labels[i]), "black"))
     ax.set_ylabel("query (sorted by label, then score)")
     cax = fig.add_subplot(grid[-1, 1])

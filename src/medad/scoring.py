@@ -31,7 +31,7 @@ def distillation_loss(targets: list[torch.Tensor], predictions: list[torch.Tenso
     if len(targets) != len(predictions):
         raise ValueError(f"{len(targets)} target scales but {len(predictions)} predicted scales")
     total = targets[0].new_zeros(())
-    for target, prediction in zip(targets, predictions):
+    for target, prediction in zip(targets, predictions, strict=True):
         if mode == "per_location":
             total = total + cosine_distance_map(target, prediction).mean()
         elif mode == "flattened":

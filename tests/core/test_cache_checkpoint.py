@@ -13,9 +13,9 @@ def test_cache_computes_each_image_once_and_persists(tmp_path):
     first = stack_features(cache, images, batch_size=2)
     assert (cache.misses, cache.hits) == (5, 0)
     second = stack_features(cache, images, batch_size=3)
-    assert cache.hits == 5 and all(torch.equal(a, b) for a, b in zip(first, second))
+    assert cache.hits == 5 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
     reference = teacher(images)
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(first, reference))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(first, reference, strict=True))
     fresh = FeatureCache(teacher, tmp_path)  # another process: reads the files
     stack_features(fresh, images)
     assert fresh.misses == 0 and fresh.hits == 5

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from medad.cli.main import main
 
@@ -28,7 +29,9 @@ def test_evaluate_scores_every_test_image(rd4ad_run, phantom_head, tmp_path):
                  "--out", str(tmp_path), "--heatmaps"]) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["n_test_normal"] + metrics["n_test_abnormal"] == len(phantom_head.test)
-    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["pixel_aupro"] is not None
+    rows = json.loads((tmp_path / "scores.json").read_text())["images"]
+    expected = roc_auc_score([row["label"] for row in rows], [row["score"] for row in rows])
+    assert metrics["image_auroc"] == pytest.approx(expected) and metrics["pixel_aupro"] is not None
     assert len(list((tmp_path / "heatmaps").glob("*.png"))) == len(phantom_head.test)
 
 

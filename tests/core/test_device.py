@@ -102,7 +102,7 @@ def test_feature_bank_on_the_cpu_returns_the_indexed_rows():
     bank = FeatureBank(stages, torch.device("cpu"))
     rows = torch.tensor([5, 0, 5])
     assert bank.on_device and len(bank) == 7
-    assert all(torch.equal(got, stage[rows]) for got, stage in zip(bank[rows], stages))
+    assert all(torch.equal(got, stage[rows]) for got, stage in zip(bank[rows], stages, strict=True))
 
 
 def _train_and_score(model, train, test, labels):

@@ -51,12 +51,12 @@ def test_pair_normalises_each_teacher_itself_and_works_with_the_cache(images):
     with torch.no_grad():
         expected = [*first(images[:2]), *second(images[:2])]
         got = pair(images[:2])
-    assert len(got) == 8 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected))
+    assert len(got) == 8 and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(got, expected, strict=True))
     assert not any(p.requires_grad for p in pair.parameters())
     pair.train()
     assert not pair.training and not pair.second.training  # frozen teachers stay in eval mode
     cached = stack_features(FeatureCache(pair), images[:2])
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached, expected))
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached, expected, strict=True))
 
 
 def test_shapes(pair, images, features):
@@ -95,13 +95,13 @@ def test_ina_targets_do_not_collapse_during_training(pair, images, features):
     mmu_before = model.mmu.adapt.weight.clone()
     first, second = pair.split(features)
     projections = model.ina.projections()
-    manual = [a + torch.einsum("oc,bchw->bohw", p, b) for p, a, b in zip(projections, first[:3], second[:3])]
-    assert all(torch.allclose(m, t, atol=1e-5) for m, t in zip(manual, before))  # Eq. 2 with the fixed projection
+    manual = [a + torch.einsum("oc,bchw->bohw", p, b) for p, a, b in zip(projections, first[:3], second[:3], strict=True)]
+    assert all(torch.allclose(m, t, atol=1e-5) for m, t in zip(manual, before, strict=True))  # Eq. 2 with the fixed projection
     result = train_unsupervised(model, images, TrainConfig(epochs=3, batch_size=3, lr=2e-3, cosine_schedule=True))
     assert result.epochs_done == 3 and all(torch.isfinite(torch.tensor(result.history)))
     assert not torch.equal(model.mmu.adapt.weight, mmu_before)  # the model did train
     after = model.targets(features)
-    for b, a in zip(before, after):
+    for b, a in zip(before, after, strict=True):
         assert torch.equal(a, b)
         assert b.std() > 1e-3                                     # not constant
         assert (b[0] - b[1]).abs().max() > 1e-3                   # differ between images
@@ -300,7 +300,7 @@ def test_checkpoint_roundtrip_through_the_factory(tmp_path, images):
     assert not any(key.startswith("teacher.") for key in state) and "ina.projection0" in state
     fresh = _build(options, seed=7)
     fresh.load_learnable_state_dict(state)
-    assert all(torch.equal(a, b) for a, b in zip(fresh.learnable_state_dict().values(), state.values()))
+    assert all(torch.equal(a, b) for a, b in zip(fresh.learnable_state_dict().values(), state.values(), strict=True))
     with pytest.raises(ValueError, match="does not match"):
         _build({"students": "s1", "embedding_channels": 64}).load_learnable_state_dict(state)
     # resume continues from the saved epoch with the same optimiser state
@@ -321,7 +321,7 @@ def test_resume_with_normalised_losses_equals_an_uninterrupted_run(tmp_path, ima
     train_unsupervised(resumed, images, config, out_dir=tmp_path / "cut", resume=True)
     assert resumed.loss_reference_values() == straight.loss_reference_values()
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(straight.learnable_state_dict().values(),
-                                                               resumed.learnable_state_dict().values()))
+                                                               resumed.learnable_state_dict().values(), strict=True))
 
 
 def test_checkpoints_from_before_loss_normalisation_load_without_it(tmp_path, images):

@@ -55,7 +55,7 @@ def _run_folder(folder):
     with (folder / "scores.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "score", "label"])
-        writer.writerows(zip(paths, scores, labels))
+        writer.writerows(zip(paths, scores, labels, strict=True))
     (folder / "heatmaps").mkdir()
     for i, path in enumerate(paths):
         stem = path.rsplit("/", 1)[1].removesuffix(".png")
@@ -75,7 +75,7 @@ def _fewshot_folder(folder):
         with (folder / f"scores_phantom_k2_d{draw}.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["path", "label", "score"])
-            writer.writerows(zip(paths, labels, scores))
+            writer.writerows(zip(paths, labels, scores, strict=True))
         weights = np.random.default_rng(draw).dirichlet([1, 1], size=len(paths))
         (folder / f"support_weights_phantom_k2_d{draw}.json").write_text(json.dumps({
             "task": "phantom", "k": 2, "support_draw": draw, "support": ["/s/a.png", "/s/b.png"], "queries": paths,
@@ -84,7 +84,7 @@ def _fewshot_folder(folder):
         "command": "fewshot evaluate", "task": "phantom", "records": records,
         "checkpoint": {"method": "d24fad", "teacher": "efficientnet_lite0", "image_size": 64}}))
     (folder / "heatmaps_phantom_k2").mkdir()
-    for i, (path, label) in enumerate(zip(*_scores()[:2])):
+    for i, (path, label) in enumerate(zip(*_scores()[:2], strict=True)):
         stem = path.rsplit("/", 1)[1].removesuffix(".png")
         _png(folder / "heatmaps_phantom_k2" / f"{'abnormal' if label else 'normal'}_{stem}.png", 200 - 5 * i)
     return folder
@@ -110,7 +110,7 @@ def test_results_and_runs_give_one_self_contained_page(tmp_path):
     # every figure is embedded and also saved beside the page, byte for byte
     embedded = _embedded_pngs(page)
     assert len(embedded) == len(report.figures) == 6  # bars, ROC, distributions, 2 heat-map grids, weights
-    for name, data in zip(report.figures, embedded):
+    for name, data in zip(report.figures, embedded, strict=True):
         assert base64.b64decode(data) == (tmp_path / "report" / name).read_bytes()
     assert {"bars_tiny.png", "roc.png", "score_distributions.png"} <= set(report.figures)
     assert any(name.startswith("heatmaps_run") for name in report.figures)

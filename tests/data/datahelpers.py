@@ -89,11 +89,11 @@ def make_mvtec(root: Path, *, n_train=4, n_test_good=3, kinds=("tumor",), n_kind
     return root
 
 
-def make_unsplit(root: Path, *, n_normal=10, kinds={"tumor": 4}, size=(20, 20)) -> Path:
+def make_unsplit(root: Path, *, n_normal=10, kinds: dict[str, int] | None = None, size=(20, 20)) -> Path:
     seed = 100
     for i in range(n_normal):
         save_png(root / "all" / "normal" / f"n{i:02d}.png", grey_image(seed := seed + 1, *size))
-    for kind, n in kinds.items():
+    for kind, n in ({"tumor": 4} if kinds is None else kinds).items():
         for i in range(n):
             save_png(root / "all" / kind / f"{kind}{i:02d}.png",
                      grey_image(seed := seed + 1, *size))

@@ -77,7 +77,7 @@ def test_phantom_task_is_bit_identical_across_folders(tmp_path):
                           size=32, seed=9, style="chest")
     b = make_phantom_task(tmp_path / "b", n_train=3, n_test_normal=2, n_test_abnormal=2,
                           size=32, seed=9, style="chest")
-    for sa, sb in zip(a.train + a.test, b.train + b.test):
+    for sa, sb in zip(a.train + a.test, b.train + b.test, strict=True):
         assert sa.path.read_bytes() == sb.path.read_bytes()
 
 

@@ -6,6 +6,8 @@ import shutil
 import warnings
 
 import numpy as np
+import dataclasses
+
 import pytest
 
 from datahelpers import grey_image, make_mvtec, make_unsplit, save_png
@@ -289,7 +291,7 @@ def test_load_task_dispatch_and_unknown(tmp_path):
 def test_sample_is_frozen_and_validated(tmp_path):
     s = Sample(str(tmp_path / "x.png"), 0, "good")
     assert s.path == tmp_path / "x.png"
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.label = 1  # type: ignore[misc]
     with pytest.raises(ValueError, match="label must be 0 or 1"):
         Sample(tmp_path / "x.png", 2, "good")

@@ -7,7 +7,8 @@ use and ``medad --help`` starts without them.
 DEFAULT_TEACHER = "efficientnet_lite0"
 
 _LAZY = {"FeatureStage": "base", "MissingWeightsError": "base", "Teacher": "base",
-         "available_teachers": "registry", "build_teacher": "registry"}
+         "available_teachers": "registry", "build_teacher": "registry",
+         "register_teacher": "registry"}
 
 __all__ = ["DEFAULT_TEACHER", *_LAZY]
 

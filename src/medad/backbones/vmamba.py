@@ -472,20 +472,23 @@ class VMambaTiny(Teacher):
     ``weights``: path of the official checkpoint (``{"model": state_dict}``), or
     None for random weights.  ``freeze`` (default, like the other teachers) puts
     it in eval mode with gradients off.  ``norm_last_stage`` applies the
-    checkpoint's final LayerNorm to the stride-32 features.
+    checkpoint's final LayerNorm to the stride-32 features.  ``num_stages`` (1 … 4) stages are
+    returned, shallow first; the checkpoint always loads whole.
     """
 
     name = "vmamba_tiny"
 
-    def __init__(self, weights: str | Path | None = None, *, freeze: bool = True,
+    def __init__(self, weights: str | Path | None = None, *, num_stages: int = len(DIMS), freeze: bool = True,
                  norm_last_stage: bool = False) -> None:
         super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD)
-        self.feature_info = [FeatureStage(dim, 4 * 2**index) for index, dim in enumerate(DIMS)]
+        if not 1 <= num_stages <= len(DIMS):
+            raise ValueError(f"VMamba-Tiny has {len(DIMS)} stages; num_stages={num_stages} is out of range")
+        self.feature_info = [FeatureStage(dim, 4 * 2**index) for index, dim in enumerate(DIMS[:num_stages])]
         self.norm_last_stage = norm_last_stage
         self.patch_embed = PatchEmbed2D(patch_size=4, in_chans=3, embed_dim=DIMS[0])
         self.layers = nn.ModuleList([
             VSSLayer(dim, depth, downsample=index < len(DIMS) - 1)
-            for index, (dim, depth) in enumerate(zip(DIMS, DEPTHS))
+            for index, (dim, depth) in enumerate(zip(DIMS, DEPTHS, strict=True))
         ])
         self.norm = nn.LayerNorm(DIMS[-1])
         self._init_weights()
@@ -537,7 +540,7 @@ class VMambaTiny(Teacher):
         return features
 
 
-def build_vmamba_tiny(weights: str | Path | None = None, *, allow_random: bool = False,
+def build_vmamba_tiny(weights: str | Path | None = None, *, allow_random: bool = False, num_stages: int = len(DIMS),
                       freeze: bool = True) -> VMambaTiny:
     """VMamba-Tiny with the official ImageNet weights, found offline.
 
@@ -552,11 +555,11 @@ def build_vmamba_tiny(weights: str | Path | None = None, *, allow_random: bool =
     candidates = expected_weight_paths(weights)
     for path in candidates:
         if path.is_file():
-            return VMambaTiny(path, freeze=freeze)
+            return VMambaTiny(path, num_stages=num_stages, freeze=freeze)
     if allow_random and weights is None:
         logger.warning("VMamba-Tiny: no checkpoint at %s; using RANDOM weights (tests / speed only, "
                        "features are meaningless)", " or ".join(map(str, candidates)))
-        return VMambaTiny(None, freeze=freeze)
+        return VMambaTiny(None, num_stages=num_stages, freeze=freeze)
     raise MissingWeightsError(missing_weights_message(candidates))
 
 

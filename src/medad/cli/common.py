@@ -122,7 +122,7 @@ def run_record(command: str, options: dict[str, Any], device: torch.device | Non
 def write_scores(run: RunFolder, paths: list[str], scores: np.ndarray, labels: list[int] | None = None) -> None:
     """``scores.csv`` and ``scores.json`` with one row per image (and its label when known)."""
     rows: list[dict[str, Any]] = []
-    for index, (path, score) in enumerate(zip(paths, scores)):
+    for index, (path, score) in enumerate(zip(paths, scores, strict=True)):
         rows.append({"path": path, "score": float(score), **({"label": labels[index]} if labels is not None else {})})
     columns = ["path", "score"] + (["label"] if labels is not None else [])
     run.write_csv(SCORES_CSV, columns, ([row[c] for c in columns] for row in rows))
@@ -138,7 +138,7 @@ def write_heatmaps(out_dir: Path, names: list[str], originals: Iterable[torch.Te
 
     out_dir.mkdir(parents=True, exist_ok=True)
     vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
-    for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores)):
+    for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores, strict=True)):
         lines = [(titles or names)[index], f"score {score:.4g}"]
         if threshold is not None and threshold.value is not None:
             lines[1] += f" · {threshold.verdict(score)}"

@@ -5,7 +5,7 @@ prints per split: counts per label/kind, image sizes and modes, duplicate groups
 de-duplication removed and unreadable files.  Exit status: 0 = fine, 1 = unreadable files
 were found, 2 = the task could not be built (message on stderr).
 
-``medad data list`` prints the registry tasks.
+``medad data list`` prints the registry tasks and the papers' data recipes, present or absent.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--dedupe", choices=("train", "none"), default="train",
                    help="'train': remove training images duplicated in test/valid; 'none': keep them")
     c.add_argument("--quiet", action="store_true", help="print nothing; the exit status tells (1: unreadable files)")
-    sub.add_parser("list", help="list the registry tasks")
+    sub.add_parser("list", help="list the registry tasks and the papers' data recipes (present or absent)")
     p.set_defaults(func=run, _data_parser=p)
     return p
 
@@ -50,16 +50,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``medad data ...``; returns the exit status."""
     cmd = getattr(args, "data_command", None)
     if cmd == "list":
-        from medad.data.registry import REGISTRY, data_root
-
-        try:
-            root = data_root(None)
-        except FileNotFoundError:
-            root = None
-        for name, spec in REGISTRY.items():
-            where = (root / spec.folder) if root else None
-            mark = "" if where is None or where.is_dir() else "  (missing)"
-            print(f"{name:<13} {spec.modality:<32} {spec.protocol}{mark}")
+        list_data()
         return 0
     if cmd != "check":
         parser = getattr(args, "_data_parser", None)
@@ -86,6 +77,25 @@ def run(args: argparse.Namespace) -> int:
                 json.dump(report, fh, indent=1)
             console.info(f"\nreport written to {args.json_out}")
     return 1 if report["unreadable"] else 0
+
+
+def list_data() -> None:
+    """The registry tasks and the papers' recipes, each marked present or missing under the data root."""
+    from medad.data.recipes import RECIPES
+    from medad.data.registry import REGISTRY, data_root
+
+    try:
+        root = data_root(None)
+    except FileNotFoundError:
+        root = None
+    print(f"registry tasks (data root: {root or 'not found'}):")
+    for name, spec in REGISTRY.items():
+        mark = "" if root is not None and (root / spec.folder).is_dir() else "  (missing)"
+        print(f"{name:<13} {spec.modality:<32} {spec.protocol}{mark}")
+    print("paper recipes (the public download unpacked at DATA_ROOT/FOLDER; see docs/DATA.md):")
+    for name, recipe in RECIPES.items():
+        state = "present" if recipe.present() else "absent"
+        print(f"{name:<18} {state:<7} {recipe.paper:<11} {recipe.folder:<42} {recipe.title}")
 
 
 def main(argv=None) -> int:

@@ -20,11 +20,11 @@ from medad.cli.common import (add_device_option, add_quiet_option, run_record, s
 from medad.cli.run_cmd import format_metrics
 from medad.engine.run_folder import (DEMO_FILE, DEMO_MODEL_DIR, DEMO_OUTPUTS, DEMO_PHANTOMS_DIR, HEATMAPS_DIR,
                                      SCORES_CSV, RunFolder)
-from medad.models.factory import DEFAULT_FEWSHOT_METHOD, FEWSHOT_TRAINING, build_model
+from medad.models.factory import build_model
+from medad.models.registry import default_method, method_info
 
 SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]
 SHARED_TARGET = "brain_tumor"
-BUDGET = FEWSHOT_TRAINING[DEFAULT_FEWSHOT_METHOD]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,11 +34,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                       help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
     demo.add_argument("--synthetic", action="store_true", help="use phantom tasks even if shared data exists")
     demo.add_argument("--k", type=int, default=4, help="normal reference images of the unseen task")
-    demo.add_argument("--epochs", type=int, default=BUDGET["epochs"], help="few-shot training epochs")
+    demo.add_argument("--epochs", type=int,
+                      help="few-shot training epochs (default: the default few-shot method's budget)")
     demo.add_argument("--image-size", dest="image_size", type=int, default=128, help="model input size in pixels")
     demo.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
-                      default=BUDGET["max_queries_per_task"],
-                      help="query images per training task and epoch")
+                      help="query images per training task and epoch (default: the method's budget)")
     demo.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher name")
     demo.add_argument("--seed", type=int, default=0, help="seed of the splits, the training and the supports")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
@@ -82,12 +82,16 @@ def run_demo(args: argparse.Namespace) -> int:
         device = select_run_device(args.device)
         seed_everything(args.seed)
         train_tasks, target, source = _tasks(args, run.path)
-        console.info(f"few-shot demo ({DEFAULT_FEWSHOT_METHOD}) on {source}: train on {', '.join(t.name for t in train_tasks)}; "
+        method = default_method("few_shot")
+        budget = method_info(method).training
+        console.info(f"few-shot demo ({method}) on {source}: train on {', '.join(t.name for t in train_tasks)}; "
                      f"unseen target {target.name} with K={args.k} normal references; teacher {args.teacher}")
-        model = to_device(build_model(DEFAULT_FEWSHOT_METHOD, args.teacher), device)
+        model = to_device(build_model(method, args.teacher), device)
         task_images = {t.name: load_images(t.train, args.image_size, desc=f"loading {t.name}")[0] for t in train_tasks}
-        config = TrainConfig(epochs=args.epochs, batch_size=BUDGET["batch_size"], seed=args.seed)
-        result = train_fewshot(model, task_images, config, max_queries_per_task=args.max_queries_per_task,
+        config = TrainConfig(epochs=args.epochs or budget.epochs, batch_size=budget.batch_size, lr=budget.lr,
+                             seed=args.seed)
+        result = train_fewshot(model, task_images, config,
+                               max_queries_per_task=args.max_queries_per_task or budget.max_queries_per_task,
                                out_dir=run.file(DEMO_MODEL_DIR))
         supports = draw_supports(len(target.train), args.k, draw=0, seed=args.seed)
         support_images, _ = load_images([target.train[i] for i in supports], args.image_size, desc="loading supports")

@@ -9,7 +9,7 @@ from medad import __version__, console
 from medad.cli.common import add_quiet_option
 from medad.cli.errors import CliError
 from medad.io_utils import write_json
-from medad.models.factory import FEWSHOT_METHODS
+from medad.models.registry import methods
 
 #: what ``medad.export.FORMATS`` lists (named here too: the parser is built without torch)
 FORMATS = ("onnx", "torchscript")
@@ -54,7 +54,7 @@ def run_export(args: argparse.Namespace) -> int:
     size = meta["image_size"]
     support_images, support_paths, threshold = None, [], None
     if args.support:
-        if meta["method"] not in FEWSHOT_METHODS:
+        if meta["method"] not in methods("few_shot"):
             raise CliError(f"--support: {args.checkpoint} is a {meta['method']} checkpoint, which takes no support "
                            "images; drop --support")
         support = load_inputs(args.support, size, flag="--support")

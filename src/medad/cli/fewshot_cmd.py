@@ -17,29 +17,26 @@ from medad.cli.common import (add_device_option, add_input_options, add_quiet_op
 from medad.cli.errors import CliError
 from medad.cli.run_cmd import evaluation_folder, format_metrics
 from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
-                                    training_processes)
+                                    training_processes, with_method_defaults)
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.run_folder import (HEATMAP_INDEX, PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
                                      fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold, support_threshold
 from medad.io_utils import atomic_path
-from medad.models.factory import (DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, FEWSHOT_TRAINING, build_model,
-                                  load_trained_model)
+from medad.models.factory import build_model, load_trained_model
+from medad.models.registry import MethodChoices, methods
 
 if TYPE_CHECKING:  # the commands import torch when they run, so that the CLI starts without it
     import torch
 
 
-#: epochs, batch_size and max_queries_per_task default to the chosen method's budget (FEWSHOT_TRAINING)
-FEWSHOT_TRAIN_DEFAULTS = {"tasks": None, "method": DEFAULT_FEWSHOT_METHOD, "teacher": DEFAULT_TEACHER,
+#: method, epochs, batch_size, lr and max_queries_per_task default to the registry's (the default few-shot
+#: method, its training budget)
+FEWSHOT_TRAIN_DEFAULTS = {"tasks": None, "method": None, "teacher": DEFAULT_TEACHER,
                           "weights": "imagenet", "image_size": 128, "k": [2, 4, 8], "epochs": None,
-                          "batch_size": None, "lr": 0.005, "seed": 0, "max_queries_per_task": None,
+                          "batch_size": None, "lr": None, "seed": 0, "max_queries_per_task": None,
                           "model_options": {}, "data_root": None, "device": "auto"}
-
-
-def _budget(key: str) -> str:
-    return " (default: the method's: " + ", ".join(f"{method} {FEWSHOT_TRAINING[method][key]}"
-                                                   for method in FEWSHOT_METHODS) + ")"
+METHOD_DEFAULT = " (default: the method's, see medad.models.registry)"
 
 
 def _default(key: str) -> str:
@@ -48,25 +45,25 @@ def _default(key: str) -> str:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    fewshot = subparsers.add_parser("fewshot", help="few-shot anomaly detection (D²4FAD-NN, D²4FAD)")
+    fewshot = subparsers.add_parser("fewshot", help="few-shot anomaly detection (the registry's few-shot methods)")
     sub = fewshot.add_subparsers(dest="fewshot_command", required=True)
 
     train = sub.add_parser("train", help="train one model on the normal images of several tasks")
     train.add_argument("--tasks", nargs="+", help="registry names or folders of the training tasks (required)")
     train.add_argument("--out", required=True, help="run folder (checkpoint, config, logs)")
-    train.add_argument("--method", choices=FEWSHOT_METHODS,
-                       help="few-shot model; d24fad = the paper's model, kept for reproduction" + _default("method"))
+    train.add_argument("--method", choices=MethodChoices("few_shot"), metavar="METHOD",
+                       help="few-shot model: %(choices)s (default: the first)")
     train.add_argument("--teacher", help="teacher name" + _default("teacher"))
     train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
     train.add_argument("--image-size", dest="image_size", type=int,
                        help="model input size in pixels, a multiple of the teacher's stride" + _default("image_size"))
     train.add_argument("--k", nargs="+", type=int, help="support sizes drawn per batch" + _default("k"))
-    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + _budget("epochs"))
-    train.add_argument("--batch-size", dest="batch_size", type=int, help="query images per episode" + _budget("batch_size"))
-    train.add_argument("--lr", type=float, help="Adam learning rate" + _default("lr"))
+    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + METHOD_DEFAULT)
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="query images per episode" + METHOD_DEFAULT)
+    train.add_argument("--lr", type=float, help="Adam learning rate" + METHOD_DEFAULT)
     train.add_argument("--seed", type=int, help="seed of the splits, the initialisation and the episodes" + _default("seed"))
     train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
-                       help="query images per task and epoch" + _budget("max_queries_per_task"))
+                       help="query images per task and epoch" + METHOD_DEFAULT)
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                        help="model setting, repeatable (default: the method's defaults)")
     train.add_argument("--data-root", dest="data_root",
@@ -161,12 +158,12 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _complete_fewshot_options(options: dict) -> None:
+def _complete_fewshot_options(options: dict) -> dict:
     """The chosen method's training budget where no flag or config set it; --tasks is required."""
-    options.update({key: value for key, value in FEWSHOT_TRAINING[options["method"]].items()
-                    if options.get(key) is None})
+    options = with_method_defaults(options, "few_shot")
     if not options["tasks"]:
         raise CliError("medad fewshot train needs --tasks (registry names or folders)")
+    return options
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -175,7 +172,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     run = evaluation_folder(args)
     run.check_writable()
     device = select_run_device(args.device)
-    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=FEWSHOT_METHODS, device=device)
+    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=tuple(methods("few_shot")), device=device)
     task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
     if task.name in meta.get("train_tasks", []):
         raise CliError(f"--task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
@@ -219,7 +216,8 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
             records.append({"k": k, "support_draw": draw, "support": support_paths, **evaluation.metrics})
             console.info(f"K={k} draw {draw}: " + format_metrics(task.name, evaluation.metrics))
             run.write_csv(fewshot_scores_file(task.name, k, draw), ["path", "label", "score"],
-                          ((path, label, float(score)) for path, label, score in zip(paths, labels, evaluation.scores)))
+                          ((path, label, float(score))
+                           for path, label, score in zip(paths, labels, evaluation.scores, strict=True)))
             if weight_parts:
                 weights = torch.cat(weight_parts).cpu().numpy()
                 run.write_json(support_weights_file(task.name, k, draw),
@@ -238,7 +236,7 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
                                labels=[labels[i] for i in shown])
                 RunFolder(heat_dir).write_csv(HEATMAP_INDEX, ["file", "path", "label", "score"],
                                               ((f"{stem}.png", paths[i], labels[i], float(evaluation.scores[i]))
-                                               for stem, i in zip(heatmap_file_stems(names), shown)))
+                                               for stem, i in zip(heatmap_file_stems(names), shown, strict=True)))
     summary = {}
     for k in args.k:
         aurocs = [r["image_auroc"] for r in records if r["k"] == k]
@@ -294,7 +292,7 @@ def run_score(args: argparse.Namespace) -> int:
         checkpoint = Path(args.checkpoint)
         checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
         device = select_run_device(args.device)
-        model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=FEWSHOT_METHODS,
+        model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=tuple(methods("few_shot")),
                                          device=device)
         size = meta["image_size"]
         read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}

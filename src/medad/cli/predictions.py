@@ -102,11 +102,11 @@ def write_predictions(run: RunFolder, scored: Scored, threshold: Threshold, heat
                       record: dict[str, Any]) -> None:
     """Every output of the module doc; ``record`` (command, options, versions, checkpoint) goes into the JSON."""
     rows = []
-    for image, score in zip(scored.inputs.images, scored.image_scores):
+    for image, score in zip(scored.inputs.images, scored.image_scores, strict=True):
         rows.append({"path": str(image.path), "score": float(score), "abnormal": threshold.is_abnormal(score)})
     volume_rows = []
     for result in scored.volumes():
-        for index, score in zip(result.volume.indices, result.scores):
+        for index, score in zip(result.volume.indices, result.scores, strict=True):
             rows.append({"path": result.volume.slice_name(index), "score": float(score),
                          "abnormal": threshold.is_abnormal(score)})
         map_name = f"{ANOMALY_MAPS_DIR}/{_stem(result.volume.name)}_anomaly.nii.gz"
@@ -151,7 +151,7 @@ def _write_heatmap_figures(out_dir: Path, scored: Scored, threshold: Threshold) 
 
 def print_predictions(scored: Scored, threshold: Threshold) -> None:
     """One line per image and per volume (silent under --quiet), then the threshold and its rule."""
-    for image, score in zip(scored.inputs.images, scored.image_scores):
+    for image, score in zip(scored.inputs.images, scored.image_scores, strict=True):
         console.info(f"{score:.5f}  {threshold.verdict(score) or '-':<40}  {image.path}")
     for result in scored.volumes():
         console.info(f"{result.score:.5f}  {threshold.verdict(result.score) or '-':<40}  {result.volume.source} "

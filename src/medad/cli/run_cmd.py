@@ -1,4 +1,4 @@
-"""``medad train``, ``medad evaluate`` and ``medad predict`` for one-class methods (RD4AD, PDD)."""
+"""``medad train``, ``medad evaluate`` and ``medad predict`` for one-class methods (the registry's ``one_class``)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from medad.cli.common import (add_device_option, add_input_options, add_quiet_op
                               write_run_report, write_scores)
 from medad.cli.errors import CliError
 from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
-                                    training_processes)
+                                    training_processes, with_method_defaults)
 from medad.engine.checkpoint import MODEL_FILE
 from medad.engine.run_folder import (EVALUATE_OUTPUTS, HEATMAPS_DIR, METRICS_FILE, PREDICT_OUTPUTS, RunFolder)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
-from medad.models.factory import FEWSHOT_METHODS, build_model, load_trained_model
+from medad.models.factory import build_model, load_trained_model
+from medad.models.registry import MethodChoices, method_info
 
-TRAIN_DEFAULTS = {"method": "rd4ad", "task": None, "teacher": DEFAULT_TEACHER, "weights": "imagenet",
-                  "image_size": 128, "epochs": 20, "batch_size": 16, "lr": 0.005, "seed": 0,
+#: method, epochs, batch_size and lr default to the registry's (the default one-class method, its training budget)
+TRAIN_DEFAULTS = {"method": None, "task": None, "teacher": DEFAULT_TEACHER, "weights": "imagenet",
+                  "image_size": 128, "epochs": None, "batch_size": None, "lr": None, "seed": 0,
                   "data_root": None, "cache_dir": None, "model_options": {}, "device": "auto"}
+METHOD_DEFAULT = " (default: the method's, see medad.models.registry)"
 
 
 def _default(key: str) -> str:
@@ -31,7 +34,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser("train", help="train a one-class model on a task's normal images",
                                   description="Train RD4AD or PDD on a task's normal images into a run folder. "
                                               "Flags win over --config, which wins over the defaults.")
-    train.add_argument("--method", choices=["rd4ad", "pdd"], help="one-class method" + _default("method"))
+    train.add_argument("--method", choices=MethodChoices("one_class"), metavar="METHOD",
+                       help="one-class method: %(choices)s (default: the first)")
     train.add_argument("--task", nargs="+",
                        help="registry name (headct, brainmri, …) or a folder/CSV in a supported layout; several: "
                             "one model on the union of their normal training images (multi-class), evaluated per "
@@ -41,9 +45,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
     train.add_argument("--image-size", dest="image_size", type=int,
                        help="model input size in pixels, a multiple of the teacher's stride" + _default("image_size"))
-    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + _default("epochs"))
-    train.add_argument("--batch-size", dest="batch_size", type=int, help="images per step" + _default("batch_size"))
-    train.add_argument("--lr", type=float, help="Adam learning rate" + _default("lr"))
+    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + METHOD_DEFAULT)
+    train.add_argument("--batch-size", dest="batch_size", type=int, help="images per step" + METHOD_DEFAULT)
+    train.add_argument("--lr", type=float, help="Adam learning rate" + METHOD_DEFAULT)
     train.add_argument("--seed", type=int, help="seed of the split, the initialisation and the order" + _default("seed"))
     train.add_argument("--data-root", dest="data_root",
                        help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
@@ -122,7 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
         args.task = args.task[0]  # one task is recorded as a name, as before multi-class training
     with (training_processes() as workers,
           run_folder(args.out, workers).for_training("train", resume=args.resume, overwrite=args.overwrite) as run):
-        options = shared_options(run, args, TRAIN_DEFAULTS, workers, complete=_check_task)
+        options = shared_options(run, args, TRAIN_DEFAULTS, workers, complete=_complete_train_options)
         if options is None:
             return 0
         device = rank_device(select_run_device(options["device"]), workers)
@@ -139,7 +143,7 @@ def run_train(args: argparse.Namespace) -> int:
         trained_on = "+".join(task.name for task in tasks)
         config = TrainConfig(epochs=options["epochs"], batch_size=options["batch_size"], lr=options["lr"],
                              seed=options["seed"], use_cache=not args.no_cache,
-                             cosine_schedule=options["method"] == "pdd")
+                             cosine_schedule=method_info(options["method"]).training.cosine_schedule)
         run.start(config_record(run, "train", options, args.resume, task=trained_on, train_tasks=[t.name for t in tasks],
                                 n_train=len(images), model=model.meta(), device=describe_device(device),
                                 processes=workers.world))
@@ -154,9 +158,12 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_task(options: dict) -> None:
+def _complete_train_options(options: dict) -> dict:
+    """The chosen method's training defaults where no flag or config set them; --task is required."""
+    options = with_method_defaults(options, "one_class")
     if not options["task"]:
         raise CliError("medad train needs --task (a registry name or a folder)")
+    return options
 
 
 def evaluation_folder(args: argparse.Namespace) -> RunFolder:
@@ -176,7 +183,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     with run.for_outputs("evaluate", EVALUATE_OUTPUTS, overwrite=args.overwrite):
         device = select_run_device(args.device)
         model, meta = load_trained_model(args.checkpoint, args.weights, device=device)
-        if meta["method"] in FEWSHOT_METHODS:
+        if method_info(meta["method"]).kind == "few_shot":
             raise CliError(f"--checkpoint {args.checkpoint} is a few-shot checkpoint: use 'medad fewshot evaluate'")
         task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
         images, masks = load_images(task.test, meta["image_size"], desc=f"loading {task.name} test")
@@ -205,7 +212,7 @@ def run_predict(args: argparse.Namespace) -> int:
     with run.for_outputs("predict", PREDICT_OUTPUTS, overwrite=args.overwrite):
         device = select_run_device(args.device)
         model, meta = load_trained_model(args.checkpoint, args.weights, device=device)
-        if meta["method"] in FEWSHOT_METHODS:
+        if method_info(meta["method"]).kind == "few_shot":
             raise CliError(f"--checkpoint {args.checkpoint} is a few-shot checkpoint: use 'medad fewshot score'")
         read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}
         inputs = load_inputs(args.inputs, meta["image_size"], flag="inputs", **read)

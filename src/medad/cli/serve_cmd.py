@@ -11,7 +11,7 @@ from pathlib import Path
 from medad import console
 from medad.cli.common import add_device_option, select_run_device
 from medad.cli.errors import CliError
-from medad.models.factory import FEWSHOT_METHODS
+from medad.models.registry import methods
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -54,7 +54,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if min(args.max_file_mb, args.max_references, args.max_queries) <= 0:
         raise CliError("--max-file-mb, --max-references and --max-queries must be positive")
     device = select_run_device(args.device)
-    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=FEWSHOT_METHODS, device=device)
+    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=tuple(methods("few_shot")), device=device)
     limits = Limits(int(args.max_file_mb * 2**20), args.max_references, args.max_queries)
     workdir = Path(tempfile.mkdtemp(prefix="medad-serve-"))
     try:

@@ -54,6 +54,20 @@ def training_options(run: RunFolder, args: argparse.Namespace, defaults: dict[st
     return {**recorded, **{key: value for key, value in given.items() if key in RESUME_MAY_CHANGE}}
 
 
+def with_method_defaults(options: dict[str, Any], kind: str) -> dict[str, Any]:
+    """``options`` with the method (default: the registry's default of ``kind``) and its training defaults
+    filled in where no flag, config or recorded run gave them."""
+    from medad.models.registry import default_method, method_info
+
+    method = options.get("method") or default_method(kind)
+    info = method_info(method)
+    if info.kind != kind:
+        raise CliError(f"--method {method} is a {info.kind.replace('_', '-')} method; this command trains "
+                       f"{kind.replace('_', '-')} methods")
+    training = {key: value for key, value in info.training.as_dict().items() if key in options}
+    return {**options, "method": method, **{key: value for key, value in training.items() if options[key] is None}}
+
+
 def epochs_left(run: RunFolder, epochs: int) -> bool:
     """False (with a note) when a resumed run already holds ``epochs``; an error when it holds more."""
     done = run.epochs_done() or 0
@@ -100,14 +114,14 @@ def training_processes() -> Iterator[Workers]:
 
 
 def shared_options(run: RunFolder, args: argparse.Namespace, defaults: dict[str, Any], workers: Workers,
-                   complete: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-    """:func:`training_options` as rank 0 resolves them (and ``complete`` fills in or checks), on every rank;
+                   complete: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """:func:`training_options` as rank 0 resolves them (and ``complete`` fills in and checks), on every rank;
     None when a resumed run has no epochs left (:func:`epochs_left`)."""
     options = None
     if workers.main:
         options = training_options(run, args, defaults)
         if complete is not None:
-            complete(options)
+            options = complete(options)
         if args.resume and not epochs_left(run, options["epochs"]):
             options = None
     return workers.share(options)

@@ -14,7 +14,7 @@ the benchmarks read small sets many times.  The key is ``(path, slice_index, mas
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

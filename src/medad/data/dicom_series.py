@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import ImageReadError, _require, decode_image, to_unit_float
+from .formats import ImageReadError, require_module
+from .io import decode_image, to_unit_float
 
 __all__ = ["DicomSeries", "VolumeGeometry", "group_series", "read_series"]
 
@@ -48,7 +49,7 @@ class DicomSeries:
 
 
 def _headers(files: list[Path]) -> dict[Path, object]:
-    pydicom = _require("pydicom", "reading DICOM series")
+    pydicom = require_module("pydicom", "reading DICOM series")
     tags = ["SeriesInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
             "SliceThickness"]
     headers = {}

@@ -50,13 +50,15 @@ names the file, says what is wrong and what to do.  Missing optional libraries r
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from . import volumes
+from .formats import ImageReadError, MissingDependencyError, array_to_tensor, require_module, suffix_of
 
 if TYPE_CHECKING:
     import torch
@@ -86,45 +88,7 @@ SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | VOLUME_SUFFIXES
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".webp"})
 
 
-class ImageReadError(ValueError):
-    """A file could not be read as an image.  ``path`` is the offending file."""
-
-    def __init__(self, path: str | os.PathLike, problem: str, hint: str | None = None):
-        self.path = Path(path)
-        self.problem = problem
-        self.hint = hint or (
-            "check the file (open it in an image viewer), replace or delete it, or skip such files "
-            "with a warning (--skip-unreadable; skip_unreadable=True in Python)"
-        )
-        super().__init__(f"{self.path}: {problem}. What to do: {self.hint}.")
-
-    def __reduce__(self):  # pickled with its fields, so that it crosses from a DataLoader worker intact
-        return type(self), (self.path, self.problem, self.hint)
-
-
-class MissingDependencyError(ImportError):
-    """An optional format library is not installed."""
-
-
-def _require(module: str, purpose: str, pip_name: str | None = None) -> Any:
-    """Import ``module`` lazily; raise :class:`MissingDependencyError` with an install hint."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MissingDependencyError(
-            f"{purpose} needs the optional package '{pip_name or module}', which is not "
-            f"installed: pip install {pip_name or module}"
-        ) from exc
-
-
 # --------------------------------------------------------------------------- file kinds
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    if name.endswith(".nii.gz"):
-        return ".nii.gz"
-    return path.suffix.lower()
 
 
 def _sniff_dicom(path: Path) -> bool:
@@ -143,7 +107,7 @@ def file_kind(path: str | os.PathLike) -> str | None:
     preamble.  Nothing but the first 132 bytes of suffix-less files is read.
     """
     path = Path(path)
-    suf = _suffix(path)
+    suf = suffix_of(path)
     if suf in IMAGE_SUFFIXES:
         return "image"
     if suf in DICOM_SUFFIXES:
@@ -276,7 +240,7 @@ def _pil_to_array(img, mode: str) -> np.ndarray:
 
 
 def _decode_dicom(path: Path) -> DecodedImage:
-    pydicom = _require("pydicom", "reading DICOM files")
+    pydicom = require_module("pydicom", "reading DICOM files")
     try:
         ds = pydicom.dcmread(str(path), force=True)
     except Exception as exc:  # pydicom raises many types on garbage
@@ -351,8 +315,6 @@ def decode_image(path: str | os.PathLike, *, high_bit: str = "minmax") -> Decode
     if kind == "dicom":
         return _decode_dicom(path)
     if kind == "volume":
-        from . import volumes
-
         vol = volumes.read_volume(path)
         if vol.shape[0] != 1:
             raise ImageReadError(
@@ -360,11 +322,11 @@ def decode_image(path: str | os.PathLike, *, high_bit: str = "minmax") -> Decode
                 "score it with 'medad predict' or 'medad fewshot score' (they read volumes slice by "
                 "slice), or in Python use medad.data.volumes.read_volume_slice(path, index)")
         return DecodedImage(np.asarray(vol[0]), "volume", "volume", None, None)
-    if _suffix(path) == "":
+    if suffix_of(path) == "":
         raise ImageReadError(path, "has no suffix and is not DICOM (no 'DICM' preamble)",
                              "give the file its proper suffix (.png, .jpg, .dcm, ...)")
     raise ImageReadError(
-        path, f"suffix '{_suffix(path)}' is not a supported image format",
+        path, f"suffix '{suffix_of(path)}' is not a supported image format",
         f"supported: {' '.join(sorted(SUPPORTED_SUFFIXES))}; convert the file, or remove it "
         "from the data folder")
 
@@ -398,26 +360,6 @@ def to_unit_float(decoded: DecodedImage, window: tuple[float, float] | None = No
     if decoded.invert:
         out = 1.0 - out
     return out
-
-
-def array_to_tensor(arr: np.ndarray) -> torch.Tensor:
-    """``H×W`` or ``H×W×C`` float array → ``3×H×W`` float32 tensor (grey replicated)."""
-    import torch  # imported when an image is read, not when the CLI starts
-
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    if not arr.flags.writeable:  # e.g. a slice of a cached, read-only volume
-        arr = arr.copy()
-    t = torch.from_numpy(arr)
-    if t.ndim == 2:
-        return t.unsqueeze(0).expand(3, -1, -1).contiguous()
-    if t.ndim == 3:
-        t = t.permute(2, 0, 1)
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        elif t.shape[0] == 4:
-            t = t[:3]
-        return t.contiguous()
-    raise ValueError(f"expected a 2-D or 3-D array, got shape {tuple(arr.shape)}")
 
 
 def read_image(path: str | os.PathLike, *, window: tuple[float, float] | None = None,
@@ -466,7 +408,7 @@ def read_mask(path: str | os.PathLike) -> torch.Tensor:
 
     if arr.ndim == 3:
         arr = arr.max(axis=2)
-    if _suffix(path) in LOSSY_SUFFIXES:
+    if suffix_of(path) in LOSSY_SUFFIXES:
         binary = arr >= 128
     else:
         binary = arr > 0

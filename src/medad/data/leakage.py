@@ -22,14 +22,12 @@ import os
 from collections import defaultdict
 from pathlib import Path
 from threading import Lock
-from typing import TYPE_CHECKING, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from .io import ImageReadError, decode_image
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .tasks import Sample, Task
+from .samples import RemovedSample, Sample, Task
 
 __all__ = [
     "pixel_hash",
@@ -76,7 +74,7 @@ def _key(path: Path, slice_index: int | None) -> tuple:
         return (os.path.abspath(path), slice_index, None, None)
 
 
-def pixel_hash(sample_or_path: "Sample | str | os.PathLike", slice_index: int | None = None,
+def pixel_hash(sample_or_path: Sample | str | os.PathLike, slice_index: int | None = None,
                *, decoded: np.ndarray | None = None) -> str:
     """Hash of the decoded pixels of a sample / file / volume slice (cached).
 
@@ -117,7 +115,7 @@ def pixel_hash(sample_or_path: "Sample | str | os.PathLike", slice_index: int | 
     return value
 
 
-def find_duplicates(samples: Iterable["Sample"]) -> list[list["Sample"]]:
+def find_duplicates(samples: Iterable[Sample]) -> list[list[Sample]]:
     """Groups (≥ 2 members) of samples whose pixels are identical, in input order.
 
     Unreadable samples raise :class:`~medad.data.io.ImageReadError`.
@@ -128,7 +126,7 @@ def find_duplicates(samples: Iterable["Sample"]) -> list[list["Sample"]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def cross_split_duplicates(splits: dict[str, Sequence["Sample"]]) -> list[dict[str, list]]:
+def cross_split_duplicates(splits: dict[str, Sequence[Sample]]) -> list[dict[str, list]]:
     """Duplicate groups spanning more than one split: ``[{split: [samples]}, ...]``."""
     by_hash: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for split, samples in splits.items():
@@ -137,15 +135,13 @@ def cross_split_duplicates(splits: dict[str, Sequence["Sample"]]) -> list[dict[s
     return [dict(v) for v in by_hash.values() if len(v) > 1]
 
 
-def dedupe_task(task: "Task") -> "Task":
+def dedupe_task(task: Task) -> Task:
     """Remove training samples pixel-identical to any test/valid sample (in place).
 
     Each removal is recorded in ``task.removed`` as a
     :class:`~medad.data.tasks.RemovedSample` with the reason and the evaluation duplicates.
     Returns the task.
     """
-    from .tasks import RemovedSample
-
     evals: dict[str, list] = defaultdict(list)
     for split in ("test", "valid"):
         for s in getattr(task, split):
@@ -164,8 +160,8 @@ def dedupe_task(task: "Task") -> "Task":
     return task
 
 
-def cross_task_overlap(test_samples: Iterable["Sample"],
-                       train_samples: Iterable["Sample"]) -> list[tuple["Sample", "Sample"]]:
+def cross_task_overlap(test_samples: Iterable[Sample],
+                       train_samples: Iterable[Sample]) -> list[tuple[Sample, Sample]]:
     """Pairs ``(test_sample, train_sample)`` with identical pixels.
 
     For the few-shot leave-one-out protocol: the target task's test images must not appear in

@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
-from .tasks import Task, TaskLayoutError, from_mvtec, from_unsplit, from_volume_slices
+from .folders import from_mvtec, from_unsplit
+from .manifest import from_volume_slices
+from .samples import Task, TaskLayoutError
 
 __all__ = ["REGISTRY", "TaskSpec", "data_root", "list_tasks", "task_info", "build_task",
            "task_path", "ENV_VAR"]

@@ -46,7 +46,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-from .io import ImageReadError, MissingDependencyError, _require, _suffix, array_to_tensor
+from .formats import ImageReadError, MissingDependencyError, array_to_tensor, require_module, suffix_of
 
 __all__ = [
     "MIN_FOREGROUND",
@@ -169,7 +169,7 @@ def _read_metaimage_builtin(path: Path) -> np.ndarray:
 
 
 def _read_sitk(path: Path) -> np.ndarray:
-    sitk = _require("SimpleITK", "reading MetaImage/NIfTI volumes", "SimpleITK")
+    sitk = require_module("SimpleITK", "reading MetaImage/NIfTI volumes", "SimpleITK")
     try:
         img = sitk.ReadImage(str(path))
     except Exception as exc:
@@ -183,7 +183,7 @@ def _read_sitk(path: Path) -> np.ndarray:
 def _read_nifti(path: Path, backend: str) -> np.ndarray:
     if backend in ("auto", "nibabel"):
         try:
-            nib = _require("nibabel", "reading NIfTI volumes", "nibabel")
+            nib = require_module("nibabel", "reading NIfTI volumes", "nibabel")
         except MissingDependencyError:
             if backend == "nibabel":
                 raise
@@ -208,7 +208,7 @@ def _read_nifti(path: Path, backend: str) -> np.ndarray:
 
 
 def _decode_volume(path: Path, backend: str) -> np.ndarray:
-    suf = _suffix(path)
+    suf = suffix_of(path)
     if suf in (".mha", ".mhd"):
         if backend == "builtin":
             arr = _read_metaimage_builtin(path)

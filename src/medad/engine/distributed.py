@@ -102,6 +102,10 @@ class Workers:
         return gathered
 
 
+#: one process, no torchrun: the default of every training function
+SINGLE_PROCESS = Workers()
+
+
 def from_environment() -> Workers:
     """The place torchrun's environment gives this process (rank 0 of 1 without it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -13,18 +13,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from medad.engine.distributed import Workers, data_parallel
+from medad.engine.distributed import SINGLE_PROCESS, Workers, data_parallel
 from medad.engine.evaluate import Evaluation, evaluate_rows
 from medad.engine.training import TrainConfig, TrainResult, fit
 from medad.device import module_device
 from medad.features import FeatureBank, FeatureCache, stack_features
 from medad.models.d24fad import QueryFeatures
 from medad.models.support_matching import mean_pairwise_cosine
+
+if TYPE_CHECKING:
+    from medad.models.base import FewShotModel
 
 #: images per training task in the fixed probe batch of the collapse monitor
 PROBE_IMAGES_PER_TASK = 4
@@ -56,11 +59,11 @@ def make_episodes(task_sizes: list[int], batch_size: int, ks: tuple[int, ...], e
     return [episodes[i] for i in order]
 
 
-def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], config: TrainConfig, *,
+def train_fewshot(model: FewShotModel, task_images: dict[str, torch.Tensor], config: TrainConfig, *,
                   ks: tuple[int, ...] = (2, 4, 8), max_queries_per_task: int = 256,
                   out_dir: str | Path | None = None, resume: bool = False,
                   cache: FeatureCache | None = None,
-                  after_epoch: Callable[[], dict[str, Any]] | None = None, workers: Workers = Workers()) -> TrainResult:
+                  after_epoch: Callable[[], dict[str, Any]] | None = None, workers: Workers = SINGLE_PROCESS) -> TrainResult:
     """Train a few-shot model (D²4FAD or D²4FAD-NN) on the normal images of several tasks (name → N×3×S×S).
 
     Under torchrun (``workers``) each rank computes the teacher features of its shard of every task and
@@ -97,14 +100,14 @@ def train_fewshot(model: torch.nn.Module, task_images: dict[str, torch.Tensor], 
 
     sizes = [len(task_images[name]) for name in names]
     probe = [torch.cat(stage) for stage in zip(*[teacher_features(task, torch.arange(min(size, PROBE_IMAGES_PER_TASK)))
-                                                  for task, size in enumerate(sizes)])]
+                                                  for task, size in enumerate(sizes)], strict=True)]
     return fit(model, lambda epoch: make_episodes(sizes, config.batch_size, ks, epoch, config.seed, max_queries_per_task),
                loss_for_batch, config, meta=meta, out_dir=out_dir, resume=resume, desc="few-shot training",
                monitor=lambda: {**collapse_monitor(model, probe), **(after_epoch() if after_epoch else {})},
                workers=workers)
 
 
-def collapse_monitor(model: torch.nn.Module, probe_teacher: list[torch.Tensor]) -> dict[str, list[float]]:
+def collapse_monitor(model: FewShotModel, probe_teacher: list[torch.Tensor]) -> dict[str, list[float]]:
     """Inter-image cosine per scale of the student's and the teacher's features on a fixed probe batch.
 
     A student whose value approaches 1 while the teacher's stays lower has collapsed: its
@@ -127,13 +130,13 @@ def draw_supports(n_available: int, k: int, draw: int, seed: int = 0) -> np.ndar
     return np.sort(rng.choice(n_available, size=k, replace=False))
 
 
-def encode_queries(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 32) -> QueryFeatures:
+def encode_queries(model: FewShotModel, images: torch.Tensor, batch_size: int = 32) -> QueryFeatures:
     """A D²4FAD model's features of N query images, computed in batches."""
     return QueryFeatures.concat([model.encode_queries(images[start:start + batch_size])
                                  for start in range(0, len(images), batch_size)])
 
 
-def evaluate_fewshot(model: torch.nn.Module, support_images: torch.Tensor, test_images: torch.Tensor, labels,
+def evaluate_fewshot(model: FewShotModel, support_images: torch.Tensor, test_images: torch.Tensor, labels,
                      masks: torch.Tensor | None = None, batch_size: int = 32,
                      queries: QueryFeatures | None = None) -> Evaluation:
     """Score every test image against one support set (support features computed once).
@@ -148,7 +151,7 @@ def evaluate_fewshot(model: torch.nn.Module, support_images: torch.Tensor, test_
                          len(test_images), labels, masks, batch_size)
 
 @torch.no_grad()
-def leave_one_out_scores(model: torch.nn.Module, support_images: torch.Tensor) -> list[float]:
+def leave_one_out_scores(model: FewShotModel, support_images: torch.Tensor) -> list[float]:
     """Each support's score against the other K − 1 supports (K ≥ 2): how normal images score here."""
     if len(support_images) < 2:
         raise ValueError("threshold calibration needs at least 2 support images")
@@ -160,7 +163,7 @@ def leave_one_out_scores(model: torch.nn.Module, support_images: torch.Tensor) -
     return scores
 
 
-def calibrate_threshold(model: torch.nn.Module, support_images: torch.Tensor) -> float:
+def calibrate_threshold(model: FewShotModel, support_images: torch.Tensor) -> float:
     """A decision threshold from the normal supports alone: the highest leave-one-out score.
 
     A query is flagged when it looks less normal than any support does to its peers.  Needs K ≥ 2.

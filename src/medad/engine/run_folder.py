@@ -252,7 +252,7 @@ class RunFolder:
 
     @contextmanager
     def for_outputs(self, command: str, owned: Sequence[str], *, overwrite: bool = False
-                    ) -> Iterator["RunFolder"]:
+                    ) -> Iterator[RunFolder]:
         """Claim the folder for a command writing ``owned`` (names or globs): writable, locked, nothing replaced
         unless ``overwrite`` (which removes the old ones now)."""
         self.check_writable()
@@ -269,7 +269,7 @@ class RunFolder:
                 raise
 
     @contextmanager
-    def for_training(self, command: str, *, resume: bool, overwrite: bool) -> Iterator["RunFolder"]:
+    def for_training(self, command: str, *, resume: bool, overwrite: bool) -> Iterator[RunFolder]:
         """Claim the folder for training: writable, locked, and holding a run only when resuming it.
 
         ``--overwrite`` removes the old run in :meth:`start`, after the options were validated.  A fresh run

@@ -23,7 +23,7 @@ import torch
 from medad.console import progress
 from medad.device import grad_scaler, module_device
 from medad.engine.checkpoint import CheckpointError
-from medad.engine.distributed import Workers
+from medad.engine.distributed import SINGLE_PROCESS, Workers
 from medad.engine.run_folder import RunFolder, TrainingInterrupted
 
 #: devices where Adam runs fused (one kernel for all parameters).  Not the CPU: there, with more than one torch
@@ -74,7 +74,7 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
         loss_for_batch: Callable[[Any], torch.Tensor], config: TrainConfig, *,
         meta: dict[str, Any], out_dir: str | Path | None = None, resume: bool = False,
         desc: str = "training", monitor: Callable[[], dict[str, Any]] | None = None,
-        workers: Workers = Workers()) -> TrainResult:
+        workers: Workers = SINGLE_PROCESS) -> TrainResult:
     """Optimise the model's trainable parameters for ``config.epochs`` epochs.
 
     ``make_batches(epoch)`` yields the epoch's batches (it must be deterministic

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from medad.device import module_device
-from medad.engine.distributed import Workers, data_parallel
+from medad.engine.distributed import SINGLE_PROCESS, Workers, data_parallel
 from medad.engine.training import TrainConfig, TrainResult, fit, index_batches
 from medad.features import FeatureBank, FeatureCache, stack_features
+
+if TYPE_CHECKING:
+    from medad.models.base import OneClassModel
 
 #: training images in the fixed probe batch on which the per-epoch relative errors are measured
 PROBE_IMAGES = 16
@@ -21,7 +24,7 @@ class TermLog:
     """Per-epoch means of a model's loss terms (``model.loss_terms``) and, after each epoch, its students'
     relative errors on a fixed probe batch (``model.relative_errors``), for models that provide them."""
 
-    def __init__(self, model: torch.nn.Module, probe: Callable[[], list[torch.Tensor]]) -> None:
+    def __init__(self, model: OneClassModel, probe: Callable[[], list[torch.Tensor]]) -> None:
         self.model = model
         self.probe = probe
         self.sums: dict[str, float] = {}
@@ -53,10 +56,10 @@ class TermLog:
         return entry
 
 
-def train_unsupervised(model: torch.nn.Module, images: torch.Tensor, config: TrainConfig, *,
+def train_unsupervised(model: OneClassModel, images: torch.Tensor, config: TrainConfig, *,
                        out_dir: str | Path | None = None, resume: bool = False,
                        cache: FeatureCache | None = None, desc: str = "training",
-                       train_tasks: list[str] | None = None, workers: Workers = Workers()) -> TrainResult:
+                       train_tasks: list[str] | None = None, workers: Workers = SINGLE_PROCESS) -> TrainResult:
     """Train ``model`` (with ``.loss(teacher_features)``) on N×3×S×S normal images.
 
     With ``config.use_cache`` the frozen teacher runs once per image (through

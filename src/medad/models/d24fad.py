@@ -12,14 +12,16 @@ student features, summed over scales, Gaussian-smoothed per image, averaged.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from medad.backbones.base import FeatureStage, Teacher
+from medad.models.base import FewShotModel
 from medad.models.rd4ad import check_finite
+from medad.models.registry import TrainingDefaults, register_method
 from medad.models.student import Student
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
 
@@ -106,15 +108,16 @@ class SupportFeatures:
         return {**tensors, **{f"projected{i}": p.contiguous() for i, p in enumerate(self.projected)}}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "SupportFeatures":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SupportFeatures:
         scales = len(tensors) // 2
         return cls([tensors[f"student{i}"] for i in range(scales)], [tensors[f"projected{i}"] for i in range(scales)])
 
 
-class D24FAD(nn.Module):
+@register_method("d24fad", kind="few_shot", config=D24FADConfig,
+                 training=TrainingDefaults(epochs=10, batch_size=16, max_queries_per_task=256),
+                 summary="the paper's model (Dong et al.), kept for reproduction; d24fad_nn replaces it")
+class D24FAD(FewShotModel):
     """Frozen teacher, student decoder and one support weighting per scale."""
-
-    method = "d24fad"
 
     def __init__(self, teacher: Teacher, config: D24FADConfig | None = None) -> None:
         super().__init__()
@@ -123,30 +126,12 @@ class D24FAD(nn.Module):
         self.student = Student(teacher.feature_info, self.config.blocks_per_stage)
         self.weighting = nn.ModuleList([SupportWeighting(stage, self.config.weighting) for stage in teacher.feature_info])
 
-    @classmethod
-    def from_teacher_names(cls, teacher: str, config: D24FADConfig, teacher_weights) -> "D24FAD":
-        from medad.backbones import build_teacher
-
-        return cls(build_teacher(teacher, weights=teacher_weights), config)
-
-    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{key}": value for name, module in (("student", self.student), ("weighting", self.weighting))
-                for key, value in module.state_dict().items()}
-
-    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name, module in (("student", self.student), ("weighting", self.weighting)):
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
-
-    def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
-
     # ----- shared pieces -------------------------------------------------------------------------
     def support_distance_maps(self, query_student: list[torch.Tensor], supports: SupportFeatures
                               ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Per-scale B×h×w maps of Eq. 5 (or Eq. 2 when uniform) and the B×K weights per scale."""
         maps, weights = [], []
-        for weighting, zq, zs, projected in zip(self.weighting, query_student, supports.student, supports.projected):
+        for weighting, zq, zs, projected in zip(self.weighting, query_student, supports.student, supports.projected, strict=True):
             w = weighting(zq, zs, projected)
             if self.config.weighting == "uniform":
                 distance = torch.stack([cosine_distance_map(zq, support.expand_as(zq)) for support in zs]).mean(0)
@@ -159,14 +144,14 @@ class D24FAD(nn.Module):
 
     def encode_supports(self, support_teacher: list[torch.Tensor]) -> SupportFeatures:
         student = self.student(support_teacher)
-        projected = [weighting.project_supports(z) for weighting, z in zip(self.weighting, student)]
+        projected = [weighting.project_supports(z) for weighting, z in zip(self.weighting, student, strict=True)]
         return SupportFeatures(student, projected)
 
     # ----- training ------------------------------------------------------------------------------
     def loss(self, query_teacher: list[torch.Tensor], support_teacher: list[torch.Tensor]) -> torch.Tensor:
         """λ·L_tsd + L_ssd(-l2w) for B queries and K supports of the same task (teacher features)."""
         batch = query_teacher[0].shape[0]
-        joint = self.student([torch.cat([q, s]) for q, s in zip(query_teacher, support_teacher)])
+        joint = self.student([torch.cat([q, s]) for q, s in zip(query_teacher, support_teacher, strict=True)])
         query_student = [z[:batch] for z in joint]
         support_student = [z[batch:] for z in joint]
         total = query_teacher[0].new_zeros(())
@@ -175,7 +160,7 @@ class D24FAD(nn.Module):
             total = total + (self.config.lambda_tsd if self.config.use_ssd else 1.0) * tsd
         if self.config.use_ssd:
             supports = SupportFeatures(support_student,
-                                       [w.project_supports(z) for w, z in zip(self.weighting, support_student)])
+                                       [w.project_supports(z) for w, z in zip(self.weighting, support_student, strict=True)])
             maps, _ = self.support_distance_maps(query_student, supports)
             total = total + torch.stack([m.mean() for m in maps]).sum()
         return total
@@ -195,20 +180,20 @@ class D24FAD(nn.Module):
         return SupportFeatures.from_tensors(tensors)
 
     @torch.no_grad()
-    def encode_queries(self, images: torch.Tensor) -> "QueryFeatures":
+    def encode_queries(self, images: torch.Tensor) -> QueryFeatures:
         """Teacher and student features of query images (independent of the support set)."""
         check_finite(images)
         teacher = self.teacher(images)
         return QueryFeatures(teacher, self.student(teacher), tuple(images.shape[-2:]))
 
     @torch.no_grad()
-    def score_encoded(self, queries: "QueryFeatures", supports: SupportFeatures
+    def score_encoded(self, queries: QueryFeatures, supports: SupportFeatures
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Anomaly maps (B×H×W), image scores (B) and per-scale support weights (B×K each)."""
         if self.config.use_ssd:
             distances, weights = self.support_distance_maps(queries.student, supports)
         else:
-            distances = [cosine_distance_map(t, z) for t, z in zip(queries.teacher, queries.student)]
+            distances = [cosine_distance_map(t, z) for t, z in zip(queries.teacher, queries.student, strict=True)]
             weights = []
         maps = anomaly_maps(distances, queries.image_size, self.config.sigma)
         return maps, image_scores(maps, self.config.score_reduce), weights
@@ -216,10 +201,6 @@ class D24FAD(nn.Module):
     def predict_with_weights(self, images: torch.Tensor, supports: SupportFeatures
                              ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         return self.score_encoded(self.encode_queries(images), supports)
-
-    def predict(self, images: torch.Tensor, supports: SupportFeatures) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores, _ = self.predict_with_weights(images, supports)
-        return maps, scores
 
 
 @dataclass
@@ -234,10 +215,10 @@ class QueryFeatures:
         return self.student[0].shape[0]
 
     @classmethod
-    def concat(cls, parts: list["QueryFeatures"]) -> "QueryFeatures":
+    def concat(cls, parts: list[QueryFeatures]) -> QueryFeatures:
         return cls([torch.cat([p.teacher[i] for p in parts]) for i in range(len(parts[0].teacher))],
                    [torch.cat([p.student[i] for p in parts]) for i in range(len(parts[0].student))],
                    parts[0].image_size)
 
-    def __getitem__(self, rows: slice) -> "QueryFeatures":
+    def __getitem__(self, rows: slice) -> QueryFeatures:
         return QueryFeatures([t[rows] for t in self.teacher], [z[rows] for z in self.student], self.image_size)

@@ -29,13 +29,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from medad.backbones.base import Teacher
+from medad.models.base import FewShotModel
 from medad.models.d24fad import QueryFeatures
 from medad.models.patchcore import PatchCoreKShot
 from medad.models.rd4ad import check_finite
+from medad.models.registry import TrainingDefaults, register_method
 from medad.models.student import Student
 from medad.models.support_matching import nearest_support_distances, weighted_support_distance
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
@@ -115,7 +115,10 @@ def fused_image_scores(maps: torch.Tensor, score: str) -> torch.Tensor:
     return top + flat.mean(dim=1) if score == "top5+mean" else top
 
 
-class D24FADNN(nn.Module):
+@register_method("d24fad_nn", kind="few_shot", config=D24FADNNConfig, default=True,
+                 training=TrainingDefaults(epochs=32, batch_size=8, max_queries_per_task=64),
+                 summary="medad's few-shot model: D²4FAD with its failure modes repaired (docs/METHODS.md)")
+class D24FADNN(FewShotModel):
     """Frozen teacher + GroupNorm student; support matching by nearest neighbour; combined, standardised maps."""
 
     method = "d24fad_nn"

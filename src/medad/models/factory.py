@@ -1,7 +1,7 @@
 """Build a model by method name, and rebuild a trained one from its checkpoint.
 
-The model modules (torch, timm) are imported when a model is built, so that the CLI can read this module's
-method names while it builds its parser.
+The methods come from :mod:`medad.models.registry`; their modules (torch, timm) are imported when a model
+is built.
 """
 
 from __future__ import annotations
@@ -11,20 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medad.engine.checkpoint import CheckpointError, load_model
+from medad.models.registry import method_info
 
 if TYPE_CHECKING:
     import torch
 
-
-#: few-shot methods, the recommended one first (``docs/METHODS.md`` says why it replaces the paper's model)
-FEWSHOT_METHODS = ("d24fad_nn", "d24fad")
-DEFAULT_FEWSHOT_METHOD = FEWSHOT_METHODS[0]
-#: training budget of each few-shot method: D²4FAD-NN takes many small steps (≈ 1,000 on four tasks),
-#: the paper's model the budget of medad's earlier benchmark
-FEWSHOT_TRAINING = {
-    "d24fad_nn": {"epochs": 32, "batch_size": 8, "max_queries_per_task": 64},
-    "d24fad": {"epochs": 10, "batch_size": 16, "max_queries_per_task": 256},
-}
+    from medad.models.base import AnomalyModel
 
 
 def _config_from(config_class, values: dict[str, Any] | None):
@@ -37,42 +29,22 @@ def _config_from(config_class, values: dict[str, Any] | None):
     return config_class(**values)
 
 
-def model_classes() -> dict[str, tuple[type, type]]:
-    """method name → (model class, config class)."""
-    from medad.models.d24fad import D24FAD, D24FADConfig
-    from medad.models.d24fad_nn import D24FADNN, D24FADNNConfig
-    from medad.models.rd4ad import RD4AD, RD4ADConfig
-
-    classes: dict[str, tuple[type, type]] = {"rd4ad": (RD4AD, RD4ADConfig), "d24fad": (D24FAD, D24FADConfig),
-                                             "d24fad_nn": (D24FADNN, D24FADNNConfig)}
-    try:
-        from medad.models.pdd import PDD, PDDConfig
-    except ImportError:
-        return classes
-    classes["pdd"] = (PDD, PDDConfig)
-    return classes
-
-
 def build_model(method: str, teacher: str, config: dict[str, Any] | None = None,
-                teacher_weights: str | Path | None = "imagenet") -> torch.nn.Module:
+                teacher_weights: str | Path | None = "imagenet") -> AnomalyModel:
     """A fresh (untrained) model; ``teacher`` may be "a+b" for two-teacher methods."""
-    classes = model_classes()
-    if method not in classes:
-        raise ValueError(f"unknown method {method!r}; available: {', '.join(sorted(classes))}")
-    model_class, config_class = classes[method]
-    return model_class.from_teacher_names(teacher, _config_from(config_class, config), teacher_weights)
+    info = method_info(method)
+    return info.model.from_teacher_names(teacher, _config_from(info.config, config), teacher_weights)
 
 
 def _saved_config(meta: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint's model options, completed with the ``legacy_defaults`` of options added after it was saved."""
-    classes = model_classes()
-    legacy = getattr(classes[meta["method"]][1], "legacy_defaults", {}) if meta.get("method") in classes else {}
+    legacy = getattr(method_info(meta["method"]).config, "legacy_defaults", {})
     return {**legacy, **(meta.get("config") or {})}
 
 
 def load_trained_model(checkpoint: str | Path, teacher_weights: str | Path | None = "imagenet",
                        expected_method: str | tuple[str, ...] | None = None, device: str | torch.device = "cpu"
-                       ) -> tuple[torch.nn.Module, dict[str, Any]]:
+                       ) -> tuple[AnomalyModel, dict[str, Any]]:
     """The trained model of a checkpoint (file or run folder) and its metadata, on ``device``.
 
     Weights whose names or shapes do not fit the model the metadata describes are a :class:`CheckpointError`.

@@ -31,7 +31,7 @@ Ablation switches (Tables 3 and 4): ``dual_teacher``, ``students``, ``use_div``,
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -40,6 +40,8 @@ from torch import nn
 
 from medad.backbones.base import FeatureStage, Teacher
 from medad.backbones.pair import TeacherPair
+from medad.models.base import OneClassModel
+from medad.models.registry import TrainingDefaults, register_method
 from medad.models.rd4ad import check_finite
 from medad.models.student import (
     BOTTLENECK_WIDTH,
@@ -127,7 +129,7 @@ class PDDConfig:
             raise ValueError("div_low_layers must be ≥ 0")
 
     @classmethod
-    def ablation(cls, name: str, **overrides) -> "PDDConfig":
+    def ablation(cls, name: str, **overrides) -> PDDConfig:
         """The config of a named ablation row (:data:`ABLATIONS`), plus ``overrides``."""
         if name not in ABLATIONS:
             raise ValueError(f"unknown PDD ablation {name!r}; known: {', '.join(ABLATIONS)}")
@@ -172,7 +174,7 @@ class InA(nn.Module):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
         self.num_stages = len(first)
-        for index, (a, b) in enumerate(zip(first, second)):
+        for index, (a, b) in enumerate(zip(first, second, strict=True)):
             self.register_buffer(f"projection{index}", fixed_projection(b.channels, a.channels, generator))
 
     def projections(self) -> list[torch.Tensor]:
@@ -181,7 +183,7 @@ class InA(nn.Module):
     @torch.no_grad()
     def forward(self, first: list[torch.Tensor], second: list[torch.Tensor]) -> list[torch.Tensor]:
         fused = []
-        for projection, t1, t2 in zip(self.projections(), first, second):
+        for projection, t1, t2 in zip(self.projections(), first, second, strict=True):
             projected = torch.einsum("oc,bchw->bohw", projection.to(t2.dtype), t2)
             fused.append(t1 + resize_to(projected, t1))
         return fused
@@ -210,7 +212,7 @@ class PriorDecoder(Decoder):
         deep_first = list(reversed(priors)) if priors is not None else [None] * len(self.ups)
         outputs = []
         x = embedding
-        for up, refine, prior in zip(self.ups, self.refine, deep_first):
+        for up, refine, prior in zip(self.ups, self.refine, deep_first, strict=True):
             x = up(x)
             if prior is not None:
                 x = x + resize_to(prior, x)
@@ -246,15 +248,18 @@ class PDDStudent(nn.Module):
         priors = [affine(unified) for affine in self.mpa] if self.mpa is not None else None
         x = unified
         if self.align is not None:
-            aligned = [resize_to(align(target), unified) for align, target in zip(self.align, targets)]
+            aligned = [resize_to(align(target), unified) for align, target in zip(self.align, targets, strict=True)]
             x = torch.cat([*aligned, unified], dim=1)
         return self.decoder(self.compress(x), priors)
 
 
-class PDD(nn.Module):
+@register_method("pdd", kind="one_class", config=PDDConfig, teachers=2,
+                 training=TrainingDefaults(epochs=20, batch_size=16, cosine_schedule=True),
+                 summary="two frozen teachers fused (InA, MMU) and distilled into two diverse students (Lu et al.)")
+class PDD(OneClassModel):
     """Dual teachers (frozen) → InA targets + MMU unified feature → two students; anomaly = T–S disagreement."""
 
-    method = "pdd"
+    teacher_stages = NUM_TEACHER_STAGES
 
     def __init__(self, teacher: Teacher, config: PDDConfig | None = None) -> None:
         super().__init__()
@@ -295,7 +300,7 @@ class PDD(nn.Module):
     # --- construction / checkpoints -------------------------------------------------------------------------------
 
     @classmethod
-    def from_teacher_names(cls, teacher: str, config: PDDConfig, teacher_weights) -> "PDD":
+    def from_teacher_names(cls, teacher: str, config: PDDConfig, teacher_weights) -> PDD:
         from medad.backbones import build_teacher
         from medad.backbones.pair import build_teacher_pair
 
@@ -306,21 +311,6 @@ class PDD(nn.Module):
                              f"'efficientnet_lite0+efficientnet_lite2'), got {teacher!r}; a single teacher only "
                              f"works for the 1t1s ablation (model option dual_teacher=false)")
         return cls(build_teacher(teacher, weights=teacher_weights, num_stages=NUM_TEACHER_STAGES), config)
-
-    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Everything but the frozen teacher: MMU, students, BatchNorm statistics and InA's fixed projections."""
-        return {key: value for key, value in self.state_dict().items() if not key.startswith("teacher.")}
-
-    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.learnable_state_dict())
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-        if missing or unexpected:
-            raise ValueError(f"checkpoint does not match this PDD configuration (missing {missing[:4]}, unexpected "
-                             f"{unexpected[:4]}): it was saved with other teachers or ablation switches")
-        self.load_state_dict(state, strict=False)
-
-    def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
 
     # --- features -------------------------------------------------------------------------------------------------
 
@@ -368,17 +358,17 @@ class PDD(nn.Module):
 
     def kr_loss(self, targets: list[torch.Tensor], s1: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 5: Σ_i MSE(f_b^i, s1^i)."""
-        return sum(self._mse(t, s) for t, s in zip(targets, s1))
+        return sum(self._mse(t, s) for t, s in zip(targets, s1, strict=True))
 
     def prp_loss(self, targets: list[torch.Tensor], s2: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 7: Σ_i α·MSE(f_b^i, s2^i) + β·mean(1 − cos(f_b^i, s2^i)) (cosine per location)."""
         return sum(self.config.alpha * self._mse(t, s) + self.config.beta * cosine_distance_map(t, s).mean()
-                   for t, s in zip(targets, s2))
+                   for t, s in zip(targets, s2, strict=True))
 
     def div_loss(self, s1: list[torch.Tensor], s2: list[torch.Tensor]) -> torch.Tensor:
         """Eq. 8 per location: max(0, cos − τ_low) on the low stages, max(0, τ_high − cos) on the high ones."""
         total = s1[0].new_zeros(())
-        for index, (a, b) in enumerate(zip(s1, s2)):
+        for index, (a, b) in enumerate(zip(s1, s2, strict=True)):
             cosine = F.cosine_similarity(a, b, dim=1)
             if index < self.config.div_low_layers:
                 total = total + torch.relu(cosine - self.config.tau_low).mean()
@@ -410,7 +400,7 @@ class PDD(nn.Module):
         reference = getattr(self, "loss_reference", None)
         if reference is None or torch.isnan(reference).any():
             return None
-        return {name: float(value) for name, value in zip(LOSS_TERMS, reference.tolist())}
+        return {name: float(value) for name, value in zip(LOSS_TERMS, reference.tolist(), strict=True)}
 
     def loss_terms(self, teacher_features: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """The raw terms of Eq. 9 (those the configuration uses) and, under ``"total"``, Eq. 9 itself with each
@@ -438,7 +428,8 @@ class PDD(nn.Module):
         """Per student and stage: Σ(s − f_b)² / Σ f_b² (error energy / target energy) on these features."""
         targets = self.targets(teacher_features)
         outputs = self.students(self.unified(teacher_features), targets)
-        return {name: [float((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12)) for t, s in zip(targets, student)]
+        return {name: [float((s - t).pow(2).sum() / t.pow(2).sum().clamp_min(1e-12))
+                       for t, s in zip(targets, student, strict=True)]
                 for name, student in outputs.items()}
 
     def loss(self, teacher_features: list[torch.Tensor]) -> torch.Tensor:
@@ -452,8 +443,8 @@ class PDD(nn.Module):
         targets = self.targets(teacher_features)
         outputs = self.students(self.unified(teacher_features), targets)
         if self.config.score_map == "student_student":
-            return [cosine_distance_map(a, b) for a, b in zip(outputs["s1"], outputs["s2"])]
-        return [cosine_distance_map(t, s) for student in outputs.values() for t, s in zip(targets, student)]
+            return [cosine_distance_map(a, b) for a, b in zip(outputs["s1"], outputs["s2"], strict=True)]
+        return [cosine_distance_map(t, s) for student in outputs.values() for t, s in zip(targets, student, strict=True)]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

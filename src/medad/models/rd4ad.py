@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
-
 from medad.backbones.base import Teacher
+from medad.models.base import OneClassModel
+from medad.models.registry import TrainingDefaults, register_method
 from medad.models.student import Student
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
 
@@ -36,10 +36,11 @@ def check_finite(images: torch.Tensor) -> None:
         raise ValueError("input batch contains NaN or infinite values; check the images or their preprocessing")
 
 
-class RD4AD(nn.Module):
+@register_method("rd4ad", kind="one_class", config=RD4ADConfig, default=True,
+                 training=TrainingDefaults(epochs=20, batch_size=16),
+                 summary="reverse distillation from one frozen teacher into a student decoder (Deng & Li 2022)")
+class RD4AD(OneClassModel):
     """Teacher (frozen) → bottleneck → decoder; anomaly = teacher/student disagreement."""
-
-    method = "rd4ad"
 
     def __init__(self, teacher: Teacher, config: RD4ADConfig | None = None) -> None:
         super().__init__()
@@ -47,27 +48,19 @@ class RD4AD(nn.Module):
         self.teacher = teacher
         self.student = Student(teacher.feature_info, self.config.blocks_per_stage, bottleneck=self.config.bottleneck)
 
-    @classmethod
-    def from_teacher_names(cls, teacher: str, config: RD4ADConfig, teacher_weights) -> "RD4AD":
-        from medad.backbones import build_teacher
-
-        return cls(build_teacher(teacher, weights=teacher_weights), config)
-
     def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        # the student's own keys, without a "student." prefix: the layout of every RD4AD checkpoint
         return self.student.state_dict()
 
     def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.student.load_state_dict(state)
-
-    def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
 
     def loss(self, teacher_features: list[torch.Tensor]) -> torch.Tensor:
         """Distillation loss from precomputed (or cached) teacher features."""
         return distillation_loss(teacher_features, self.student(teacher_features), self.config.loss_mode)
 
     def distance_maps(self, teacher_features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [cosine_distance_map(t, s) for t, s in zip(teacher_features, self.student(teacher_features))]
+        return [cosine_distance_map(t, s) for t, s in zip(teacher_features, self.student(teacher_features), strict=True)]
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,6 +10,8 @@ per teacher stage, shallow → deep, with the teacher's channels and strides.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import math
 
 import torch
@@ -90,7 +92,7 @@ def _lean_aligner(stages: list[FeatureStage], index: int, norm: str = "batch") -
     """Stage ``index`` brought to the deepest stage's resolution as RD4AD's released code does: each stride-2
     step widens to the channels of the stage at that stride; the deepest stage passes through unchanged."""
     steps = []
-    for source, target in zip(stages[index:], stages[index + 1:]):
+    for source, target in pairwise(stages[index:]):
         if target.stride != 2 * source.stride:
             raise ValueError(f"the lean bottleneck needs teacher strides doubling stage by stage, got "
                              f"{[stage.stride for stage in stages]}; use bottleneck='standard'")
@@ -124,7 +126,7 @@ class Bottleneck(nn.Module):
         self.compress = nn.Sequential(first, ResidualBlock(self.embedding_channels, norm=norm))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        aligned = [align(feature) for align, feature in zip(self.align, features)]
+        aligned = [align(feature) for align, feature in zip(self.align, features, strict=True)]
         return self.compress(torch.cat(aligned, dim=1))
 
 
@@ -155,7 +157,7 @@ class Decoder(nn.Module):
     def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
         outputs = []
         x = embedding
-        for up, refine in zip(self.ups, self.refine):
+        for up, refine in zip(self.ups, self.refine, strict=True):
             x = up(x)
             out = refine(x)
             outputs.append(out)

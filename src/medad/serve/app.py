@@ -97,7 +97,7 @@ class FewShotScorer:
         write_heatmaps(folder / HEATMAPS, names, (read_image(upload.path) for upload in queries), maps, scores,
                        titles=[upload.name for upload in queries], threshold=threshold)
         rows = [QueryResult(upload.name, float(score), threshold.is_abnormal(score), threshold.verdict(score),
-                            f"{upload.path.stem}.png") for upload, score in zip(queries, np.asarray(scores))]
+                            f"{upload.path.stem}.png") for upload, score in zip(queries, np.asarray(scores), strict=False)]
         _write_csv(folder / CSV_FILE, rows, threshold)
         return Scoring(folder.name, [upload.name for upload in references], threshold, rows)
 

@@ -1,4 +1,6 @@
-"""torchvision ResNet / WideResNet teachers (the papers' WideResNet-50 setting).
+"""ImageNet weights of the torchvision ResNets / WideResNets (the papers' WideResNet-50 setting).
+
+The torchvision checkpoints load strictly into timm's ResNets of the same name (same layer names and shapes).
 
 Weights are resolved offline first: an explicit file, then
 ``$MEDAD_WEIGHTS_DIR/<torchvision file name>``, then the torch hub cache
@@ -15,11 +17,14 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torch import nn
 
-from medad.backbones.base import FeatureStage, MissingWeightsError, Teacher
+from medad.backbones.base import MissingWeightsError
 
-_WEIGHTS_ENUMS = {
+#: ImageNet normalisation of the torchvision models
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+WEIGHTS_ENUMS = {
     "wide_resnet50_2": torchvision.models.Wide_ResNet50_2_Weights.IMAGENET1K_V1,
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
@@ -29,7 +34,7 @@ _WEIGHTS_ENUMS = {
 
 def expected_weight_paths(arch: str) -> list[Path]:
     """Where the offline lookup searches for ``arch``'s ImageNet checkpoint, in order."""
-    filename = os.path.basename(_WEIGHTS_ENUMS[arch].url)
+    filename = os.path.basename(WEIGHTS_ENUMS[arch].url)
     paths = []
     if os.environ.get("MEDAD_WEIGHTS_DIR"):
         paths.append(Path(os.environ["MEDAD_WEIGHTS_DIR"]) / filename)
@@ -48,7 +53,7 @@ def resolve_state_dict(arch: str, weights: str | Path) -> dict[str, torch.Tensor
     for path in candidates:
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True)
-    weights_enum = _WEIGHTS_ENUMS[arch]
+    weights_enum = WEIGHTS_ENUMS[arch]
     hint = (f"{arch} ImageNet weights are not on this machine. Put {os.path.basename(weights_enum.url)} "
             f"(from {weights_enum.url}) at {candidates[-1]}, or set MEDAD_WEIGHTS_DIR to its folder, "
             f"or pass --weights PATH")
@@ -58,36 +63,3 @@ def resolve_state_dict(arch: str, weights: str | Path) -> dict[str, torch.Tensor
         return weights_enum.get_state_dict(progress=True)
     except Exception as error:  # no network, proxy, …: every failure means the same to the user
         raise MissingWeightsError(f"{hint} (download failed: {error})") from error
-
-
-class TorchvisionResNet(Teacher):
-    """A frozen torchvision ResNet returning layer1 … layer3 (or layer4) features.
-
-    ``weights``: "imagenet" (offline lookup, then download), a file path, or None
-    for random weights (tests and speed measurements only).
-    """
-
-    def __init__(self, arch: str = "wide_resnet50_2", *, num_layers: int = 3,
-                 weights: str | Path | None = "imagenet") -> None:
-        super().__init__(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-        if arch not in _WEIGHTS_ENUMS:
-            raise ValueError(f"unknown torchvision teacher {arch!r}; choose one of {sorted(_WEIGHTS_ENUMS)}")
-        if num_layers not in (3, 4):
-            raise ValueError("num_layers must be 3 (layer1–3) or 4 (layer1–4)")
-        self.name = arch
-        network = getattr(torchvision.models, arch)(weights=None)
-        if weights is not None:
-            network.load_state_dict(resolve_state_dict(arch, weights))
-        self.stem = nn.Sequential(network.conv1, network.bn1, network.relu, network.maxpool)
-        self.layers = nn.ModuleList([network.layer1, network.layer2, network.layer3, network.layer4][:num_layers])
-        expansion = 4 if arch in ("wide_resnet50_2", "resnet50") else 1
-        self.feature_info = [FeatureStage(64 * expansion * 2**i, 4 * 2**i) for i in range(num_layers)]
-        self.freeze()
-
-    def extract(self, normalised: torch.Tensor) -> list[torch.Tensor]:
-        x = self.stem(normalised)
-        features = []
-        for layer in self.layers:
-            x = layer(x)
-            features.append(x)
-        return features
