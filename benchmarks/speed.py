@@ -26,6 +26,7 @@ the ratios are read from it (the wall-time ratios are given beside them).
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shlex
@@ -44,6 +45,7 @@ AUROC_TASKS = ["headct", "brainmri", "zhanglab"]
 BOTTLENECKS = ("lean", "standard")
 #: the few-shot models timed: medad's default and the paper's
 FEWSHOT_METHODS = ("d24fad_nn", "d24fad")
+EXPORT_LATENCY = Path("benchmarks/results/export_latency.json")
 
 
 def parse_args() -> argparse.Namespace:
@@ -58,6 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--auroc-steps", type=int, default=300, help="optimiser steps per accuracy run")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--name", default="speed")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite the .md from the existing .json (e.g. after export_latency.py ran); measure nothing")
     return parser.parse_args()
 
 
@@ -421,12 +425,41 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
         lines.append("\n`standard` was the only bottleneck before issue 10 (the `rd4ad_unsupervised` figures, "
                      "3 seeds); `lean` is the default now. One seed per cell: differences of about a point are "
                      "within the seed-to-seed spread of `rd4ad_unsupervised`.")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + export_latency_section()) + "\n"
+
+
+def export_latency_section(path: Path = EXPORT_LATENCY) -> list[str]:
+    """The exported graphs' latency rows (issue 14), from their own script's results file when it exists."""
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text())
+    rows = {(s["method"], s["batch_size"], s["what"]): s for s in data["speed"]}
+    lines = ["", "## Exported graphs: onnxruntime vs eager scoring (issue 14)", "",
+             f"From `{data['command']}` ({data['machine']}, {data['created']}; its own run, so these ratios are not "
+             f"compared with the rows above; details in `{path.as_posix()}`). Milliseconds per image, CPU time.", "",
+             "| method | batch | eager | onnxruntime | eager / onnxruntime |", "|---|---|---|---|---|"]
+    for method, batch, what in sorted(rows):
+        if what != "score_eager":
+            continue
+        eager, onnx = rows[(method, batch, what)], rows.get((method, batch, "score_onnxruntime"))
+        if onnx is not None:
+            lines.append(f"| {method} | {batch} | {eager['cpu_ms_per_image']:.1f} | {onnx['cpu_ms_per_image']:.1f} | "
+                         f"{eager['cpu_ms_per_image'] / onnx['cpu_ms_per_image']:.2f}× |")
+    return lines
 
 
 def main() -> int:
     args = parse_args()
-    command = ("python benchmarks/speed.py " + shlex.join(sys.argv[1:])).strip()
+    argv = [arg for arg in sys.argv[1:] if arg != "--markdown-only"]
+    command = ("python benchmarks/speed.py " + shlex.join(argv)).strip()
+    if args.markdown_only:
+        results = BenchmarkResults(args.name, command, resume=False)
+        saved = json.loads(results.path.read_text()) if results.path.is_file() else {}
+        if saved.get("command") != command:
+            raise SystemExit(f"{results.path} holds no results of `{command}`: run it first")
+        results.data = saved
+        results.write_markdown(markdown(results, args))
+        return 0
     results = BenchmarkResults(args.name, command, resume=False)
     load = os.getloadavg()
     collect(results, args)
