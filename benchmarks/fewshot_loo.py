@@ -153,11 +153,20 @@ class Benchmark:
         self.results.add_record({
             "method": method, "task": fold.target.name, "train_tasks": list(fold.train_images),
             "backbone": self.args.teacher, "image_size": self.args.image_size, "k": k, "seed": seed,
-            "support_draw": draw, "protocol": protocol, **metrics, "train_seconds": train_seconds, "epochs": epochs})
+            "support_draw": draw, "protocol": protocol, **metrics, "train_seconds": train_seconds, "epochs": epochs,
+            **self.selection_of(fold, method)})
+
+    def selection_of(self, fold: Fold, method: str) -> dict[str, str]:
+        """D²4FAD-NN records name the fold's selected scoring they were scored with (variants: the one they change)."""
+        if not method.startswith(DEFAULT):
+            return {}
+        chosen = self.selected[fold.target.name]
+        return {"selection": f"{'+'.join(chosen['maps'])}|{chosen['score']}"}
 
     def done(self, method: str, fold: Fold, seed: int, epochs: int) -> bool:
         return all(self.results.has(method=method, task=fold.target.name, seed=seed, k=k, support_draw=d,
-                                    protocol="honest", epochs=epochs) for k in self.args.k for d in range(self.args.draws))
+                                    protocol="honest", epochs=epochs, **self.selection_of(fold, method))
+                   for k in self.args.k for d in range(self.args.draws))
 
     def training_length(self, fold: Fold, method: str) -> int:
         return self.epochs[fold.target.name] if method.startswith(DEFAULT) else self.args.paper_epochs
@@ -223,7 +232,7 @@ class Benchmark:
         for k in self.args.k:
             for draw in range(self.args.draws):
                 if self.results.has(method=method, task=fold.target.name, seed=seed, k=k, support_draw=draw,
-                                    protocol="honest", epochs=result.epochs_done):
+                                    protocol="honest", epochs=result.epochs_done, **self.selection_of(fold, method)):
                     continue
                 evaluation = evaluate_fewshot(model, fold.supports(k, draw), fold.test_images, fold.labels,
                                               fold.masks, queries=queries)
@@ -231,7 +240,8 @@ class Benchmark:
             print(f"{method} seed {seed} {fold.target.name} K={k} ({result.epochs_done} epochs): " + mean_std(
                 r["image_auroc"] for r in self.results.records if r["method"] == method and r["seed"] == seed
                 and r["task"] == fold.target.name and r["k"] == k and r["protocol"] == "honest"
-                and r["epochs"] == result.epochs_done), flush=True)
+                and r["epochs"] == result.epochs_done
+                and r.get("selection") == self.selection_of(fold, method).get("selection")), flush=True)
 
     def collapse(self, fold: Fold, model, method: str, seed: int, result) -> None:
         """Inter-image cosine per scale on the target's test normals (student vs teacher) and the training log."""
@@ -332,15 +342,20 @@ def selected_scoring(path: Path, tasks: list[str]) -> tuple[dict[str, dict], dic
              for task in tasks}, {task: int(lengths[task]) for task in tasks})
 
 
-def current_records(records: list[dict], epochs: dict[str, int]) -> list[dict]:
-    """The records shown: D²4FAD-NN's (and its variants') at the fold's selected training length, with its
-    seed-0 records after ``FIRST_BUDGET`` epochs renamed to the training-length ablation."""
+def current_records(records: list[dict], epochs: dict[str, int], scoring: dict[str, dict]) -> list[dict]:
+    """The records shown: D²4FAD-NN's (and its variants') at the fold's selected training length and scored
+    with its selected scoring, with its seed-0 records after ``FIRST_BUDGET`` epochs renamed to the
+    training-length ablation.  (The others are earlier selections' records, kept in the JSON.)"""
     shown = []
     for record in records:
-        if record["method"].startswith(DEFAULT) and record.get("epochs") != epochs.get(record["task"]):
-            if record["method"] == DEFAULT and record["epochs"] == FIRST_BUDGET and record["seed"] == 0:
-                shown.append({**record, "method": LENGTH_ABLATION})
-            continue
+        if record["method"].startswith(DEFAULT):
+            chosen = scoring.get(record["task"], {})
+            if record.get("selection") != f"{'+'.join(chosen.get('maps', []))}|{chosen.get('score')}":
+                continue
+            if record["epochs"] != epochs.get(record["task"]):
+                if record["method"] == DEFAULT and record["epochs"] == FIRST_BUDGET and record["seed"] == 0:
+                    shown.append({**record, "method": LENGTH_ABLATION})
+                continue
         shown.append(record)
     return shown
 
@@ -377,7 +392,7 @@ def acceptance(records: list[dict], tasks: list[str]) -> list[str]:
 
 def markdown(results: BenchmarkResults, args) -> str:
     lengths = results.data.get("epochs_per_fold", {})
-    records = current_records(results.records, lengths)
+    records = current_records(results.records, lengths, results.data.get("scoring_per_fold", {}))
     tasks = [t for t in args.tasks if any(r["task"] == t for r in records)]
     ks = args.k
     header = "| task | method | " + " | ".join(f"K={k}" for k in ks) + " |"

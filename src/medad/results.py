@@ -25,7 +25,8 @@ import torch
 
 from medad.io_utils import write_json, write_text
 
-RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size", "protocol", "epochs")
+RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size", "protocol", "epochs",
+              "selection")
 
 
 def record_identity(record: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from matplotlib import colormaps
+from matplotlib import colormaps, font_manager
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
@@ -71,6 +71,11 @@ def overlay(image: np.ndarray, amap: np.ndarray, vmin: float, vmax: float, alpha
 
 
 def _font(size: int):
+    """matplotlib's DejaVu Sans (it has ≤ and other symbols Pillow's default font lacks), else Pillow's own."""
+    try:
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans", fallback_to_default=True), size)
+    except (OSError, ImportError):
+        pass
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError, ImportError):  # Pillow without FreeType: the small bitmap font

@@ -138,7 +138,7 @@ def test_checkpoint_round_trip_through_the_factory(trained, tmp_path, phantom_im
     model, _ = trained
     save_model(tmp_path / "model.safetensors", model.learnable_state_dict(), {**model.meta(), "image_size": 64})
     loaded, meta = load_trained_model(tmp_path, expected_method=("d24fad_nn",))
-    assert meta["config"]["maps"] == ["tsd", "teacher_nn"] and meta["config"]["score"] == "top5+mean"
+    assert meta["config"]["maps"] == ["tsd", "teacher_nn"] and meta["config"]["score"] == "top5"
     supports = phantom_images["phantom_head"][:3]
     queries = phantom_images["phantom_head"][3:6]
     assert torch.allclose(loaded.predict(queries, loaded.prepare_supports(supports))[1],
