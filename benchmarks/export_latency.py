@@ -30,7 +30,7 @@ import torch
 
 from medad.cli.main import main as medad
 from medad.data.tasks import load_task
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.export import onnx_session, run_onnx
 from medad.models.factory import load_trained_model
 from medad.results import BenchmarkResults, interleaved_timings, peak_rss_mib

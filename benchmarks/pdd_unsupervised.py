@@ -34,7 +34,7 @@ from medad.backbones import build_teacher
 from medad.backbones.pair import build_teacher_pair
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.run_folder import RunFolder
 from medad.engine.training import TrainConfig, TrainResult, seed_everything
 from medad.engine.unsupervised import train_unsupervised

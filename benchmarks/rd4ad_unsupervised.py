@@ -20,7 +20,7 @@ import torch
 from medad.backbones import build_teacher
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache

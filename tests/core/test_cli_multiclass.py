@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 from medad.cli.main import main
-from medad.engine.checkpoint import read_meta
+from medad.checkpoints import read_meta
 
 PAIR = "efficientnet_lite0+efficientnet_lite2"
 

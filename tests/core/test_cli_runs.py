@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import medad
 from medad.cli.main import main
-from medad.engine.checkpoint import read_meta
+from medad.checkpoints import read_meta
 
 
 def _train(task, out, *extra):
