@@ -85,6 +85,7 @@ def trained(phantom_images):
     return model.eval(), result
 
 
+@pytest.mark.slow
 def test_student_stays_near_the_teacher_where_the_paper_model_collapses(trained, phantom_images):
     """The collapse test: the inter-image cosine of the student's features approaches the teacher's.
 
