@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +28,10 @@ import torch
 
 from medad.cli.main import main as medad
 from medad.data.tasks import load_task
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.export import onnx_session, run_onnx
 from medad.models.factory import load_trained_model
-from medad.results import BenchmarkResults, interleaved_timings, peak_rss_mib
+from medad.results import BenchmarkResults, benchmark_command, interleaved_timings, peak_rss_mib
 
 TRAIN_TASKS = ["headct", "brainmri"]
 TARGET = "brain_tumor"
@@ -84,8 +82,7 @@ def export(args: argparse.Namespace, method: str, run: Path, supports: list[str]
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    command = "OMP_NUM_THREADS=1 python benchmarks/export_latency.py" + (" " + shlex.join(sys.argv[1:])
-                                                                          if sys.argv[1:] else "")
+    command = benchmark_command("export_latency.py", environment="OMP_NUM_THREADS=1")
     results = BenchmarkResults("export_latency", command, resume=False)
     task = load_task(TARGET, root=args.data_root)
     supports = [str(sample.path) for sample in task.train[:K]]

@@ -38,7 +38,7 @@ from medad.backbones import build_teacher
 from medad.data.registry import data_root
 from medad.data.tasks import Sample, load_task
 from medad.engine.fewshot import draw_supports, encode_queries, train_fewshot
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.features import FeatureCache
 from medad.models.d24fad_nn import MAPS, SCORES, D24FADNN, D24FADNNConfig, fused_image_scores

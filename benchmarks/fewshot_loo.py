@@ -39,7 +39,7 @@ from medad.data.leakage import cross_task_overlap
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images, evaluate_rows, predict_batches
 from medad.engine.fewshot import draw_supports, encode_queries, evaluate_fewshot, train_fewshot
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.released_protocol import RELEASED_BATCH, released_protocol_auroc
 from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -34,14 +33,14 @@ from medad.backbones import build_teacher
 from medad.backbones.pair import build_teacher_pair
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.run_folder import RunFolder
 from medad.engine.training import TrainConfig, TrainResult, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache, stack_features
 from medad.models.pdd import ABLATIONS, PDD, PDDConfig
 from medad.models.rd4ad import RD4AD
-from medad.results import BenchmarkResults, add_one_class_speed, group_records, mean_std
+from medad.results import BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 ABLATION_TASKS = ["brainmri", "zhanglab"]
@@ -394,8 +393,7 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
 def main() -> int:
     args = parse_args()
     options = model_options(args.model_option)
-    command = "python benchmarks/pdd_unsupervised.py " + shlex.join(sys.argv[1:])
-    results = BenchmarkResults(args.name, command.strip(), directory=args.results_dir)
+    results = BenchmarkResults(args.name, benchmark_command("pdd_unsupervised.py"), directory=args.results_dir)
     results.data["selection"] = selection(args, options)
     bench = Benchmark(args, results, options)
     chosen = bench.select_lambda_div()

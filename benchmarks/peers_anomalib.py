@@ -19,12 +19,7 @@ subprocess so that peak RSS is its own.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
-import shlex
 import sys
-from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,12 +28,12 @@ from medad.backbones.efficientnet_lite import load_lukemelas_state_dict, package
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_rows
 from medad.engine.fewshot import draw_supports
-from medad.engine.images import load_images
-from medad.results import BenchmarkResults, images_per_second, mean_std, optimiser_step, peak_rss_mib
+from medad.data.images import load_images
+from medad.results import (BenchmarkResults, benchmark_command, images_per_second, in_fresh_process, mean_std,
+                           optimiser_step, peak_rss_mib, read_records)
 
 FEWSHOT_TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 FULLSHOT_TASKS = ["headct", "brainmri"]
-RESULTS = Path("benchmarks/results")
 
 
 def parse_args() -> argparse.Namespace:
@@ -130,20 +125,10 @@ def measure_medad_rd(image_size: int, batch: int) -> dict:
             "params": sum(p.numel() for p in model.student.parameters())}
 
 
-def in_subprocess(function, *args) -> dict:
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(function, *args).result()
-
-
-def ours(name: str) -> list[dict]:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text())["records"] if path.is_file() else []
-
-
 def markdown(results: BenchmarkResults, args) -> str:
     peers = results.records
-    fewshot = [r for r in ours("fewshot_loo") if r.get("protocol", "honest") == "honest"]
-    unsupervised = ours("rd4ad_unsupervised")
+    fewshot = [r for r in read_records("fewshot_loo") if r.get("protocol", "honest") == "honest"]
+    unsupervised = read_records("rd4ad_unsupervised")
     lines = ["# medad vs anomalib (same data, splits, supports, teacher weights and machine)", "",
              f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
              "Image AUROC (%), mean ± std over support draws. anomalib = its PatchCore torch model with our offline "
@@ -186,7 +171,7 @@ def markdown(results: BenchmarkResults, args) -> str:
 
 def main() -> int:
     args = parse_args()
-    command = ("python benchmarks/peers_anomalib.py " + shlex.join(sys.argv[1:])).strip()
+    command = benchmark_command("peers_anomalib.py")
     results = BenchmarkResults(args.name, command)
     model = anomalib_patchcore()
     for task_name in sorted(set(args.fewshot_tasks) | set(args.fullshot_tasks)):
@@ -213,7 +198,7 @@ def main() -> int:
     for method, function in (("anomalib-rd4ad", measure_anomalib_rd), ("rd4ad", measure_medad_rd)):
         if any(s["method"] == method for s in results.data["speed"]) and not args.remeasure_speed:
             continue
-        measured = in_subprocess(function, args.speed_image_size, args.speed_batch)
+        measured = in_fresh_process(function, args.speed_image_size, args.speed_batch)
         common = {"method": method, "backbone": "wide_resnet50_2 (random weights)",
                   "image_size": args.speed_image_size, "k": None, "batch_size": args.speed_batch,
                   "peak_rss_mib": measured["rss"], "trainable_parameters": measured["params"]}

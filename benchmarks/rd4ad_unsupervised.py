@@ -11,7 +11,6 @@ Training length is set in optimiser steps, not epochs, so that the 1341-image Zh
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import time
 
@@ -20,12 +19,12 @@ import torch
 from medad.backbones import build_teacher
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache
 from medad.models.rd4ad import RD4AD
-from medad.results import BenchmarkResults, add_one_class_speed, group_records, mean_std
+from medad.results import BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 PAPER_RD4AD = {"headct": 74.3, "zhanglab": 87.5, "brainmri": 80.9}  # PDD Table 1, RD4AD row (WRN-50, 256 px)
@@ -94,8 +93,7 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = parse_args()
-    command = "python benchmarks/rd4ad_unsupervised.py " + shlex.join(sys.argv[1:])
-    results = BenchmarkResults(args.name, command.strip())
+    results = BenchmarkResults(args.name, benchmark_command("rd4ad_unsupervised.py"))
     teacher = build_teacher(args.teacher)
     cache = FeatureCache(teacher)
     for task_name in args.tasks:

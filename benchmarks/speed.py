@@ -230,7 +230,7 @@ def fewshot_lite_group(method: str, image_size: int, batch: int, k: int, repeats
 def decode_group(data_root: str | None, image_size: int, repeats: int) -> dict | None:
     from medad.data.registry import data_root as find_root
     from medad.data.tasks import load_task
-    from medad.engine.images import default_workers, load_images
+    from medad.data.images import default_workers, load_images
 
     try:
         root = find_root(data_root)
@@ -250,7 +250,7 @@ def auroc_records(results: BenchmarkResults, args: argparse.Namespace) -> None:
     from medad.backbones import build_teacher
     from medad.data.tasks import load_task
     from medad.engine.evaluate import evaluate_images
-    from medad.engine.images import load_images
+    from medad.data.images import load_images
     from medad.engine.training import TrainConfig, seed_everything
     from medad.engine.unsupervised import train_unsupervised
     from medad.features import FeatureCache

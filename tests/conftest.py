@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from medad.data.phantom import make_phantom_task
@@ -31,16 +33,34 @@ def rd4ad_checkpoint(tmp_path_factory, phantom_head):
 
 
 @pytest.fixture(scope="session")
-def fewshot_checkpoint(tmp_path_factory, phantom_chest):
-    """A 1-epoch few-shot run folder at 64 px (read-only for the tests).
-
-    It scores with all three maps, so the tests also see the support map and its learned support weights
-    (the default leaves that map out).
-    """
+def default_fewshot_checkpoint(tmp_path_factory, phantom_chest):
+    """A 1-epoch run of the default few-shot method with its default scoring, at 64 px: the one test run of
+    `medad fewshot train` that the few-shot tests share (read-only)."""
     from medad.cli.main import main
 
     out = tmp_path_factory.mktemp("fewshot_checkpoint") / "run"
     assert main(["fewshot", "train", "--tasks", str(phantom_chest.root), "--out", str(out), "--epochs", "1",
-                 "--image-size", "64", "--k", "2", "--batch-size", "4", "--quiet",
-                 "--model-option", "maps=[support,tsd,teacher_nn]"]) == 0
+                 "--image-size", "64", "--k", "2", "--batch-size", "4", "--quiet"]) == 0
+    return out
+
+
+#: every map the default few-shot model can score with (its default leaves the support map out)
+ALL_MAPS = ["support", "tsd", "teacher_nn"]
+
+
+@pytest.fixture(scope="session")
+def fewshot_checkpoint(tmp_path_factory, default_fewshot_checkpoint):
+    """The shared few-shot run scoring with all three maps, so the tests also see the support map and its
+    learned support weights (read-only).
+
+    The maps are a scoring option (training does not depend on them), so this is the shared run with the
+    option set in its checkpoint, as `--model-option maps=[support,tsd,teacher_nn]` at training would write it.
+    """
+    from medad.checkpoints import MODEL_FILE, load_model, save_model
+
+    out = tmp_path_factory.mktemp("fewshot_all_maps") / "run"
+    shutil.copytree(default_fewshot_checkpoint, out)
+    weights, meta = load_model(out / MODEL_FILE)
+    meta["config"]["maps"] = ALL_MAPS
+    save_model(out / MODEL_FILE, weights, meta)
     return out

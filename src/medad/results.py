@@ -1,4 +1,5 @@
-"""Benchmark result files in the format of ``../shared/BENCHMARKS.md``.
+"""Benchmark result files in the format of ``../shared/BENCHMARKS.md``, and the helpers the benchmarks share
+(command line, timings, memory, speed records, table cells).
 
 Records are appended one at a time and the JSON is rewritten atomically after
 each, so an interrupted benchmark keeps what it finished and, re-run with the
@@ -9,13 +10,17 @@ from __future__ import annotations
 
 import fcntl
 import json
+import multiprocessing
 import os
 import platform
 import resource
+import shlex
 import statistics
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ import torch
 
 from medad.io_utils import write_json, write_text
 
+RESULTS_DIR = "benchmarks/results"
 RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size", "protocol", "epochs",
               "selection")
 
@@ -32,6 +38,25 @@ RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_
 def record_identity(record: dict[str, Any]) -> str:
     """What makes an accuracy record unique (its setting, not its figures)."""
     return json.dumps([record.get(k) for k in RECORD_KEY])
+
+
+def benchmark_command(script: str, argv: list[str] | None = None, environment: str = "") -> str:
+    """'python benchmarks/<script> <arguments>' (``environment``, e.g. 'OMP_NUM_THREADS=1', in front): the
+    command a result file records, and by which a re-run resumes it."""
+    arguments = shlex.join(sys.argv[1:] if argv is None else argv)
+    return " ".join(part for part in (environment, "python", f"benchmarks/{script}", arguments) if part)
+
+
+def read_records(name: str, directory: str | Path = RESULTS_DIR) -> list[dict[str, Any]]:
+    """The accuracy records of another benchmark's result file ([] before it has run)."""
+    path = Path(directory) / f"{name}.json"
+    return json.loads(path.read_text())["records"] if path.is_file() else []
+
+
+def in_fresh_process(function: Callable[..., Any], *args: Any) -> Any:
+    """``function(*args)`` in a newly spawned process (its memory and threads measured apart from this one)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 def machine_description() -> str:
@@ -82,7 +107,7 @@ def interleaved_timings(steps: dict[str, Callable[[], Any]], repeats: int = 7, w
 class BenchmarkResults:
     """``benchmarks/results/<name>.json`` with accuracy ``records`` and ``speed`` records."""
 
-    def __init__(self, name: str, command: str, directory: str | Path = "benchmarks/results",
+    def __init__(self, name: str, command: str, directory: str | Path = RESULTS_DIR,
                  resume: bool = True) -> None:
         self.path = Path(directory) / f"{name}.json"
         self.data: dict[str, Any] = {"benchmark": name, "command": command, "machine": machine_description(),

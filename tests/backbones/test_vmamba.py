@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from medad.backbones.base import FeatureStage, MissingWeightsError
+from medad.backbones.selective_scan import selective_scan, selective_scan_reference
 from medad.backbones.vmamba import (
     CHECKPOINT_NAME,
     CHECKPOINT_URL,
@@ -20,8 +21,6 @@ from medad.backbones.vmamba import (
     VMambaTiny,
     build_vmamba_tiny,
     default_weights_path,
-    selective_scan,
-    selective_scan_reference,
 )
 
 EXPECTED_INFO = [FeatureStage(96, 4), FeatureStage(192, 8), FeatureStage(384, 16), FeatureStage(768, 32)]

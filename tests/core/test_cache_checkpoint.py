@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from medad.backbones import build_teacher
-from medad.engine.checkpoint import CheckpointError, load_model, read_meta, save_model
+from medad.checkpoints import CheckpointError, load_model, read_meta, save_model
 from medad.features import FeatureCache, stack_features
 
 

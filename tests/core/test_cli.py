@@ -61,6 +61,7 @@ def test_damaged_or_foreign_checkpoints_are_clear_errors(rd4ad_run, phantom_head
     assert "is a 'rd4ad' checkpoint, not 'd24fad_nn' or 'd24fad'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_fewshot_train_evaluate_score(tmp_path, phantom_head, phantom_chest, fewshot_checkpoint, capsys):
     model_dir = fewshot_checkpoint  # trained by `medad fewshot train` (tests/conftest.py)
     evaluated = tmp_path / "evaluated"

@@ -6,7 +6,7 @@ import pytest
 from safetensors.torch import load_file
 
 from medad.cli.main import main
-from medad.engine.checkpoint import read_meta
+from medad.checkpoints import read_meta
 
 PAIR = "efficientnet_lite0+efficientnet_lite2"
 
@@ -16,7 +16,7 @@ def _train(out, tasks, *extra):
                  "--batch-size", "6", "--quiet", *extra])
 
 
-@pytest.mark.parametrize("method", ["rd4ad", "pdd"])
+@pytest.mark.parametrize("method", ["rd4ad", pytest.param("pdd", marks=pytest.mark.slow)])
 def test_one_model_trains_on_the_union_and_is_evaluated_per_task(tmp_path, phantom_head, phantom_chest, method):
     out = tmp_path / "run"
     extra = ["--method", method, "--epochs", "1"] + (["--teacher", PAIR] if method == "pdd" else [])

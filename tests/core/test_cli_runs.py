@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import medad
 from medad.cli.main import main
-from medad.engine.checkpoint import read_meta
+from medad.checkpoints import read_meta
 
 
 def _train(task, out, *extra):
@@ -84,6 +84,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_cleanly_and_resume_is_exact(tmp_path, phantom_head, capsys, one_thread):
     """Defects: Ctrl-C printed a traceback from inside torch.save, left model and state at different epochs,
     and resume re-ran an epoch; a second run into the same folder also ran."""

@@ -5,7 +5,7 @@ import torch
 from medad.backbones import build_teacher
 from medad.engine.fewshot import (calibrate_threshold, draw_supports, encode_queries, evaluate_fewshot,
                                   make_episodes, train_fewshot)
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.training import TrainConfig
 from medad.models.d24fad import WEIGHTINGS, D24FAD, D24FADConfig, SupportWeighting
 from medad.backbones.base import FeatureStage

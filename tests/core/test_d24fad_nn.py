@@ -6,7 +6,7 @@ import torch
 
 from medad.backbones import build_teacher
 from medad.engine.fewshot import evaluate_fewshot, train_fewshot
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.released_protocol import released_protocol_auroc, released_protocol_scores
 from medad.engine.training import TrainConfig
 from medad.models.d24fad import D24FAD, D24FADConfig
@@ -85,6 +85,7 @@ def trained(phantom_images):
     return model.eval(), result
 
 
+@pytest.mark.slow
 def test_student_stays_near_the_teacher_where_the_paper_model_collapses(trained, phantom_images):
     """The collapse test: the inter-image cosine of the student's features approaches the teacher's.
 
@@ -133,7 +134,7 @@ def test_lesions_score_above_normals_and_normalisation_uses_supports_only(traine
 
 
 def test_checkpoint_round_trip_through_the_factory(trained, tmp_path, phantom_images):
-    from medad.engine.checkpoint import save_model
+    from medad.checkpoints import save_model
 
     model, _ = trained
     save_model(tmp_path / "model.safetensors", model.learnable_state_dict(), {**model.meta(), "image_size": 64})

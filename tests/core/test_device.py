@@ -11,7 +11,7 @@ import torch.serialization
 from medad.backbones import build_teacher
 from medad.cli.main import main
 from medad.device import autocast_dtype, grad_scaler, resolve_device
-from medad.engine.checkpoint import MODEL_FILE, STATE_FILE, load_training_state, save_model
+from medad.checkpoints import MODEL_FILE, STATE_FILE, load_training_state, save_model
 from medad.engine.evaluate import evaluate_images
 from medad.engine.training import TrainConfig
 from medad.engine.unsupervised import train_unsupervised

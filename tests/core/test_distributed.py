@@ -32,6 +32,7 @@ def test_a_rank_weights_its_share_so_the_ranks_average_the_whole_batch():
     assert Workers().share_of(torch.arange(3))[1] == 1.0
 
 
+@pytest.mark.slow
 def test_two_processes_resume_a_run_and_train_what_one_process_trains(phantom_chest, tmp_path):
     # 11 queries per task and epoch in episodes of 5, 5 and 1 query: shares of 3 and 2 rows, and of 1 and none
     common = ["fewshot", "train", "--tasks", str(phantom_chest.root), "--image-size", "64", "--k", "2",

@@ -9,7 +9,7 @@ import torch
 from medad.backbones import DEFAULT_TEACHER
 from medad.data.phantom import make_phantom_task
 from medad.engine.fewshot import train_fewshot
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.models.factory import build_model, load_trained_model

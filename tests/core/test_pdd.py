@@ -325,7 +325,7 @@ def test_resume_with_normalised_losses_equals_an_uninterrupted_run(tmp_path, ima
 
 
 def test_checkpoints_from_before_loss_normalisation_load_without_it(tmp_path, images):
-    from medad.engine.checkpoint import load_model, save_model
+    from medad.checkpoints import load_model, save_model
 
     model = _build({"embedding_channels": 32, "loss_normalisation": "none"})
     state = model.learnable_state_dict()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from medad.backbones import build_teacher
-from medad.engine.checkpoint import read_meta
+from medad.checkpoints import read_meta
 from medad.engine.run_folder import LOCK_FILE, MODEL_FILE, RunFolder, RunFolderError, sigint_deferred
 from medad.engine.training import TrainConfig
 from medad.engine.unsupervised import train_unsupervised

@@ -96,6 +96,7 @@ def _submit(driver, url: str, references: list[Path], queries: list[Path]) -> No
     WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "scores") or d.find_elements(By.ID, "error"))
 
 
+@pytest.mark.slow
 def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, fewshot_checkpoint, phantom_chest,
                                                                tmp_path):
     references, queries = _images(phantom_chest)

@@ -8,7 +8,7 @@ import torch
 
 from medad.data.io import ImageReadError
 from medad.data.tasks import Sample
-from medad.engine.images import load_images
+from medad.data.images import load_images
 
 PROBE = """
 import sys

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from medad.backbones import build_teacher
-from medad.engine.checkpoint import CheckpointError
+from medad.checkpoints import CheckpointError
 from medad.engine.evaluate import evaluate_images
-from medad.engine.images import load_images
+from medad.data.images import load_images
 from medad.engine.training import TrainConfig
 from medad.engine.unsupervised import train_unsupervised
 from medad.models.rd4ad import RD4AD, RD4ADConfig

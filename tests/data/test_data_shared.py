@@ -34,6 +34,7 @@ def _hashes(samples):
     return {pixel_hash(s) for s in samples}
 
 
+@pytest.mark.slow
 def test_every_image_of_every_shared_set_loads():
     """Decodes all ~14 300 images (and the 5 volumes); also fills the hash cache that the
     registry tests below reuse."""

@@ -74,7 +74,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_sample_image
     from medad.device import to_device
     from medad.engine.fewshot import draw_supports, evaluate_fewshot, train_fewshot
-    from medad.engine.images import load_images
+    from medad.data.images import load_images
     from medad.engine.training import TrainConfig, seed_everything
 
     run = RunFolder(args.out)

@@ -18,7 +18,7 @@ from medad.cli.errors import CliError
 from medad.cli.run_cmd import evaluation_folder, format_metrics
 from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
                                     training_processes, with_method_defaults)
-from medad.engine.checkpoint import MODEL_FILE
+from medad.checkpoints import MODEL_FILE
 from medad.engine.run_folder import (HEATMAP_INDEX, PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
                                      fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold, support_threshold
@@ -124,7 +124,7 @@ def run_train(args: argparse.Namespace) -> int:
     from medad.device import to_device
     from medad.engine.distributed import rank_device, run_folder
     from medad.engine.fewshot import train_fewshot
-    from medad.engine.images import load_images
+    from medad.data.images import load_images
     from medad.engine.training import TrainConfig, seed_everything
 
     args.model_options = parse_model_options(args.model_option) or None
@@ -188,7 +188,7 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
     from medad.device import module_device
     from medad.engine.evaluate import evaluate_rows
     from medad.engine.fewshot import draw_supports, encode_queries
-    from medad.engine.images import load_images
+    from medad.data.images import load_images
     from medad.visualize import heatmap_file_stems
 
     size = meta["image_size"]

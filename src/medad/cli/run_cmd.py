@@ -13,7 +13,7 @@ from medad.cli.common import (add_device_option, add_input_options, add_quiet_op
 from medad.cli.errors import CliError
 from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
                                     training_processes, with_method_defaults)
-from medad.engine.checkpoint import MODEL_FILE
+from medad.checkpoints import MODEL_FILE
 from medad.engine.run_folder import (EVALUATE_OUTPUTS, HEATMAPS_DIR, METRICS_FILE, PREDICT_OUTPUTS, RunFolder)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
 from medad.models.factory import build_model, load_trained_model
@@ -116,7 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
     from medad.device import to_device
     from medad.engine.distributed import rank_device, run_folder
-    from medad.engine.images import load_images
+    from medad.data.images import load_images
     from medad.engine.training import TrainConfig, seed_everything
     from medad.engine.unsupervised import train_unsupervised
     from medad.features import FeatureCache
@@ -177,7 +177,7 @@ def evaluation_folder(args: argparse.Namespace) -> RunFolder:
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_sample_image, load_task
     from medad.engine.evaluate import evaluate_images
-    from medad.engine.images import load_images
+    from medad.data.images import load_images
 
     run = evaluation_folder(args)
     with run.for_outputs("evaluate", EVALUATE_OUTPUTS, overwrite=args.overwrite):

@@ -129,8 +129,7 @@ def _hw(v):
     return "-" if v is None else f"{v[0]}x{v[1]}"
 
 
-def format_check(report: dict, *, max_list: int = 5) -> str:
-    """Human-readable text of a :func:`check_task` report."""
+def _split_table(report: dict) -> list[str]:
     lines = [f"task {report['task']}  ({report.get('layout')} layout, root {report['root']})"]
     if report.get("description"):
         lines.append(f"  {report['description']}")
@@ -141,7 +140,12 @@ def format_check(report: dict, *, max_list: int = 5) -> str:
     for split, r in report["splits"].items():
         kinds = ", ".join(f"{k} {v}" for k, v in r["kinds"].items())
         lines.append(f"  {split:<6} {r['n']:>6} {r['normal']:>6} {r['abnormal']:>6}  {kinds}")
-    lines.append("")
+    return lines
+
+
+def _split_details(report: dict, max_list: int) -> list[str]:
+    """Sizes, modes, formats and duplicates inside each split."""
+    lines = []
     for split, r in report["splits"].items():
         s = r["sizes"]
         modes = ", ".join(f"{k} {v}" for k, v in r["modes"].items())
@@ -158,10 +162,14 @@ def format_check(report: dict, *, max_list: int = 5) -> str:
             lines.append("      = " + " | ".join(Path(p).name for p in g))
         if len(r["duplicate_groups"]) > max_list:
             lines.append(f"      ... {len(r['duplicate_groups']) - max_list} more")
-    lines.append("")
+    return lines
+
+
+def _cross_split(report: dict, max_list: int) -> list[str]:
+    """Duplicates across splits, what de-duplication removed, unreadable and ignored files."""
     found, rem = report["cross_split_duplicates_found"], report["cross_split_duplicates_remaining"]
-    lines.append(f"  duplicate groups across splits: {len(found)} found, {len(rem)} remaining "
-                 f"after de-duplication (dedupe={report.get('dedupe')})")
+    lines = [f"  duplicate groups across splits: {len(found)} found, {len(rem)} remaining "
+             f"after de-duplication (dedupe={report.get('dedupe')})"]
     for g in rem[:max_list]:
         lines.append("      = " + " | ".join(f"{sp}: " + ", ".join(Path(p).name for p in ps)
                                              for sp, ps in g.items()))
@@ -178,6 +186,12 @@ def format_check(report: dict, *, max_list: int = 5) -> str:
         lines.append(f"      ! {u['path']}: {u['reason']}")
     if report.get("ignored"):
         lines.append(f"  ignored hidden/OS files: {report['ignored']}")
+    return lines
+
+
+def _layout_notes(report: dict) -> list[str]:
+    """What the layout reader recorded (masks, the split of normals, volume slices) and the warnings."""
+    lines = []
     meta = report.get("meta") or {}
     if meta.get("missing_masks"):
         lines.append(f"  abnormal images without a mask: {meta['missing_masks']}")
@@ -193,4 +207,11 @@ def format_check(report: dict, *, max_list: int = 5) -> str:
         lines.append(f"  train slices ({meta.get('slice_split')}): {len(ts)}, {where}")
     for w in report.get("warnings", []):
         lines.append(f"  warning: {w}")
+    return lines
+
+
+def format_check(report: dict, *, max_list: int = 5) -> str:
+    """Human-readable text of a :func:`check_task` report."""
+    lines = [*_split_table(report), "", *_split_details(report, max_list), "", *_cross_split(report, max_list),
+             *_layout_notes(report)]
     return "\n".join(lines)

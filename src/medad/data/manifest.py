@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +22,8 @@ _SPLIT_WORDS = {"train": "train", "test": "test", "valid": "valid", "val": "vali
                 "validation": "valid"}
 
 
-def from_manifest(csv_path: str | os.PathLike, *, name: str | None = None,
-                  skip_unreadable: bool = False, dedupe: str = "train", validate: bool = True,
-                  description: str = "") -> Task:
-    """Build a task from a CSV manifest (module doc, layout (iii))."""
-    csv_path = Path(csv_path)
-    base = csv_path.parent
+def _manifest_rows(csv_path: Path) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """The manifest's columns (lower-case name → header) and rows; errors for a missing header or column."""
     with open(csv_path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if reader.fieldnames is None:
@@ -39,66 +37,94 @@ def from_manifest(csv_path: str | os.PathLike, *, name: str | None = None,
         rows = list(reader)
     if not rows:
         raise TaskLayoutError(f"{csv_path}: manifest has a header but no rows")
+    return cols, rows
+
+
+def _cell(cols: dict[str, str], row: dict[str, str], col: str) -> str | None:
+    """A row's value in column ``col`` (any case), stripped; None where the manifest has no such column."""
+    c = cols.get(col)
+    v = row.get(c) if c else None
+    return v.strip() if isinstance(v, str) else v
+
+
+def _label_and_split(get: Callable[[str], str | None], where: str) -> tuple[int, str]:
+    """A row's label (0 normal, 1 abnormal) and split; training images must be normal."""
+    lab_s = (get("label") or "").lower()
+    if lab_s in _LABEL_WORDS:
+        label = _LABEL_WORDS[lab_s]
+    elif lab_s in NORMAL_NAMES:
+        label = 0
+    else:
+        raise TaskLayoutError(f"{where}: label {get('label')!r} is not "
+                              "normal/abnormal/0/1")
+    split = _SPLIT_WORDS.get((get("split") or "").lower())
+    if split is None:
+        raise TaskLayoutError(f"{where}: split {get('split')!r} is not "
+                              "train/test/valid")
+    if split == "train" and label == 1:
+        raise TaskLayoutError(f"{where}: abnormal image in the train split — training "
+                              "images must be normal")
+    return label, split
+
+
+def _mask_path(mask: str | None, base: Path, where: str) -> Path | None:
+    if not mask:
+        return None
+    mask_path = Path(mask) if Path(mask).is_absolute() else base / mask
+    if not mask_path.exists():
+        raise ImageReadError(mask_path, f"mask file listed at {where} does not exist",
+                             "fix the mask column")
+    return mask_path
+
+
+def _unusable(path: Path, slice_index: int | None, where: str) -> ImageReadError | None:
+    """Why a listed file cannot be read (missing, or not an image without a slice index), or None."""
+    if not path.exists():
+        return ImageReadError(path, f"listed at {where} but does not exist",
+                              "fix the path column (relative paths are relative to the "
+                              "manifest's folder) or skip it (--skip-unreadable; "
+                              "skip_unreadable=True in Python)")
+    if slice_index is None and file_kind(path) not in ("image", "dicom"):
+        return ImageReadError(path, f"listed at {where}: not a supported image file",
+                              "convert the file or remove the row (volumes "
+                              "need a slice_index column)")
+    return None
+
+
+def from_manifest(csv_path: str | os.PathLike, *, name: str | None = None,
+                  skip_unreadable: bool = False, dedupe: str = "train", validate: bool = True,
+                  description: str = "") -> Task:
+    """Build a task from a CSV manifest (module doc, layout (iii))."""
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    cols, rows = _manifest_rows(csv_path)
     coll = Collector(skip_unreadable)
     splits: dict[str, list[Sample]] = {"train": [], "test": [], "valid": []}
     seen: set[tuple] = set()
 
-    def get(row, col):
-        c = cols.get(col)
-        v = row.get(c) if c else None
-        return v.strip() if isinstance(v, str) else v
-
     for lineno, row in enumerate(rows, start=2):
+        get = partial(_cell, cols, row)
         where = f"{csv_path}, line {lineno}"
-        rel = get(row, "path")
+        rel = get("path")
         if not rel:
             raise TaskLayoutError(f"{where}: empty path")
-        lab_s = (get(row, "label") or "").lower()
-        if lab_s in _LABEL_WORDS:
-            label = _LABEL_WORDS[lab_s]
-        elif lab_s in NORMAL_NAMES:
-            label = 0
-        else:
-            raise TaskLayoutError(f"{where}: label {get(row, 'label')!r} is not "
-                                  "normal/abnormal/0/1")
-        split = _SPLIT_WORDS.get((get(row, "split") or "").lower())
-        if split is None:
-            raise TaskLayoutError(f"{where}: split {get(row, 'split')!r} is not "
-                                  "train/test/valid")
-        if split == "train" and label == 1:
-            raise TaskLayoutError(f"{where}: abnormal image in the train split — training "
-                                  "images must be normal")
+        label, split = _label_and_split(get, where)
         path = Path(rel)
         path = path if path.is_absolute() else base / path
-        mask = get(row, "mask") or None
-        mask_path = None
-        if mask:
-            mask_path = Path(mask) if Path(mask).is_absolute() else base / mask
-            if not mask_path.exists():
-                raise ImageReadError(mask_path, f"mask file listed at {where} does not exist",
-                                     "fix the mask column")
-        si = get(row, "slice_index")
+        mask_path = _mask_path(get("mask") or None, base, where)
+        si = get("slice_index")
         slice_index = int(si) if si not in (None, "") else None
-        kind = get(row, "kind") or ("good" if label == 0 else "abnormal")
+        kind = get("kind") or ("good" if label == 0 else "abnormal")
         key = (str(path), slice_index, split)
         if key in seen:
             raise TaskLayoutError(f"{where}: {rel} is listed twice in the {split} split")
         seen.add(key)
-        if not path.exists():
-            if skip_unreadable:
-                coll.skipped.append(SkippedFile(path, f"listed at {where} but does not exist"))
-                continue
-            raise ImageReadError(path, f"listed at {where} but does not exist",
-                                 "fix the path column (relative paths are relative to the "
-                                 "manifest's folder) or skip it (--skip-unreadable; "
-                                 "skip_unreadable=True in Python)")
-        if slice_index is None and file_kind(path) not in ("image", "dicom"):
-            reason = f"listed at {where}: not a supported image file"
-            if skip_unreadable:
-                coll.skipped.append(SkippedFile(path, reason))
-                continue
-            raise ImageReadError(path, reason, "convert the file or remove the row (volumes "
-                                               "need a slice_index column)")
+        error = _unusable(path, slice_index, where)
+        if error is not None:
+            if not skip_unreadable:
+                raise error
+            coll.skipped.append(SkippedFile(path, error.problem))
+            continue
         splits[split].append(Sample(path, label, kind, mask_path, slice_index))
     if not splits["train"]:
         raise TaskLayoutError(f"{csv_path}: no normal images in the train split")

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from medad import console
-from medad.engine.checkpoint import (MODEL_FILE, STATE_FILE, CheckpointError, load_model, load_training_state,
+from medad.checkpoints import (MODEL_FILE, STATE_FILE, CheckpointError, load_model, load_training_state,
                                      read_meta, save_model, save_training_state)
 from medad.io_utils import write_json, write_text
 

@@ -22,7 +22,7 @@ import torch
 
 from medad.console import progress
 from medad.device import grad_scaler, module_device
-from medad.engine.checkpoint import CheckpointError
+from medad.checkpoints import CheckpointError
 from medad.engine.distributed import SINGLE_PROCESS, Workers
 from medad.engine.run_folder import RunFolder, TrainingInterrupted
 

@@ -27,7 +27,7 @@ why (measured in ``docs/METHODS.md``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -101,7 +101,7 @@ class SupportBank:
                 "k": torch.tensor(self.k)}
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "SupportBank":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SupportBank:
         scales = sum(1 for name in tensors if name.startswith("student"))
         return cls(int(tensors["k"]), [tensors[f"student{i}"] for i in range(scales)], tensors["patches"],
                    tensors["stats"])
@@ -122,30 +122,12 @@ def fused_image_scores(maps: torch.Tensor, score: str) -> torch.Tensor:
 class D24FADNN(FewShotModel):
     """Frozen teacher + GroupNorm student; support matching by nearest neighbour; combined, standardised maps."""
 
-    method = "d24fad_nn"
-
     def __init__(self, teacher: Teacher, config: D24FADNNConfig | None = None) -> None:
         super().__init__()
         self.config = config or D24FADNNConfig()
         self.teacher = teacher
         self.student = Student(teacher.feature_info, self.config.blocks_per_stage, self.config.norm)
         self.patchcore = PatchCoreKShot(teacher, self.config.sigma)
-
-    @classmethod
-    def from_teacher_names(cls, teacher: str, config: D24FADNNConfig, teacher_weights) -> "D24FADNN":
-        from medad.backbones import build_teacher
-
-        return cls(build_teacher(teacher, weights=teacher_weights), config)
-
-    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"student.{key}": value for key, value in self.student.state_dict().items()}
-
-    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.student.load_state_dict({key[len("student."):]: value for key, value in state.items()
-                                      if key.startswith("student.")})
-
-    def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": asdict(self.config)}
 
     # ----- training ------------------------------------------------------------------------------
     def support_distance_maps(self, query_student: list[torch.Tensor], support_student: list[torch.Tensor]
@@ -254,7 +236,3 @@ class D24FADNN(FewShotModel):
         combined = torch.stack(list(maps.values())).sum(0)
         per_support = [w.mean(dim=(2, 3)).unflatten(1, (-1, supports.k)).sum(1) for w in weights]
         return combined, fused_image_scores(combined, self.config.score), per_support
-
-    def predict(self, images: torch.Tensor, supports: SupportBank) -> tuple[torch.Tensor, torch.Tensor]:
-        maps, scores, _ = self.score_encoded(self.encode_queries(images), supports)
-        return maps, scores

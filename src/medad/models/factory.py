@@ -10,7 +10,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medad.engine.checkpoint import CheckpointError, load_model
+from medad.checkpoints import CheckpointError, load_model
 from medad.models.registry import method_info
 
 if TYPE_CHECKING:

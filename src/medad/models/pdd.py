@@ -47,8 +47,9 @@ from medad.models.student import (
     BOTTLENECK_WIDTH,
     Decoder,
     ResidualBlock,
-    _conv_bn_relu,
-    _downsampler,
+    conv_bn_relu,
+    downsampler,
+    resize_to,
 )
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, image_scores
 
@@ -160,13 +161,6 @@ def fixed_projection(in_channels: int, out_channels: int, generator: torch.Gener
     return (q.T * (in_channels / out_channels) ** 0.5).float()  # out×in, orthonormal rows, rescaled
 
 
-def resize_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of ``x`` to ``reference``'s spatial size (no-op when equal)."""
-    if x.shape[-2:] == reference.shape[-2:]:
-        return x
-    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
-
-
 class InA(nn.Module):
     """Inter-level feature adaptation (Eq. 1–2) with fixed projections: ``f_b = t1 + U(P t2)``."""
 
@@ -205,23 +199,6 @@ class MMU(nn.Module):
         return first_deep + resize_to(adapted, first_deep)
 
 
-class PriorDecoder(Decoder):
-    """``student.Decoder`` whose stages can receive an additive skip input (MPA's prior) after up-sampling."""
-
-    def forward(self, embedding: torch.Tensor, priors: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        deep_first = list(reversed(priors)) if priors is not None else [None] * len(self.ups)
-        outputs = []
-        x = embedding
-        for up, refine, prior in zip(self.ups, self.refine, deep_first, strict=True):
-            x = up(x)
-            if prior is not None:
-                x = x + resize_to(prior, x)
-            out = refine(x)
-            outputs.append(out)
-            x = torch.relu(out)
-        return outputs[::-1]
-
-
 class PDDStudent(nn.Module):
     """Bottleneck + decoder; with ``prior`` the MPA skip projections (Eq. 6).
 
@@ -235,13 +212,13 @@ class PDDStudent(nn.Module):
                  blocks_per_stage: int = 2, prior: bool = False, fuse_targets: bool = False) -> None:
         super().__init__()
         deep_stride = 2 * stages[-1].stride  # the unified feature's stride (teacher stage 4)
-        self.align = (nn.ModuleList([_downsampler(stage.channels, in_channels, deep_stride // stage.stride)
+        self.align = (nn.ModuleList([downsampler(stage.channels, in_channels, deep_stride // stage.stride)
                                      for stage in stages]) if fuse_targets else None)
         fused_channels = in_channels * (len(stages) + 1) if fuse_targets else in_channels
         first = (ResidualBlock(fused_channels, embedding_channels) if embedding_channels >= BOTTLENECK_WIDTH
-                 else _conv_bn_relu(fused_channels, embedding_channels))  # as student.Bottleneck, at stride 1
+                 else conv_bn_relu(fused_channels, embedding_channels))  # as student.Bottleneck, at stride 1
         self.compress = nn.Sequential(first, ResidualBlock(embedding_channels))
-        self.decoder = PriorDecoder(stages, embedding_channels, blocks_per_stage)
+        self.decoder = Decoder(stages, embedding_channels, blocks_per_stage)
         self.mpa = nn.ModuleList([nn.Conv2d(in_channels, stage.channels, 1) for stage in stages]) if prior else None
 
     def forward(self, unified: torch.Tensor, targets: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -454,4 +431,4 @@ class PDD(OneClassModel):
         return maps, image_scores(maps, self.config.score_reduce)
 
 
-__all__ = ["ABLATIONS", "LOSS_TERMS", "MMU", "PDD", "InA", "PDDConfig", "PDDStudent", "PriorDecoder", "fixed_projection"]
+__all__ = ["ABLATIONS", "LOSS_TERMS", "MMU", "PDD", "InA", "PDDConfig", "PDDStudent", "fixed_projection"]

@@ -15,6 +15,7 @@ from itertools import pairwise
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medad.backbones.base import FeatureStage
@@ -35,7 +36,8 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; choose one of {', '.join(NORMS)}")
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
+def conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
+    """3×3 convolution (no bias), normalisation, ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
         norm_layer(norm, out_channels),
@@ -59,12 +61,12 @@ class ResidualBlock(nn.Module):
             mid = out_channels // 4
             self.body = nn.Sequential(
                 nn.Conv2d(in_channels, mid, 1, bias=False), norm_layer(norm, mid), nn.ReLU(inplace=True),
-                _conv_bn_relu(mid, mid, stride, norm),
+                conv_bn_relu(mid, mid, stride, norm),
                 nn.Conv2d(mid, out_channels, 1, bias=False), norm_layer(norm, out_channels),
             )
         else:
             self.body = nn.Sequential(
-                _conv_bn_relu(in_channels, out_channels, stride, norm),
+                conv_bn_relu(in_channels, out_channels, stride, norm),
                 nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
                 norm_layer(norm, out_channels),
             )
@@ -77,14 +79,14 @@ class ResidualBlock(nn.Module):
         return self.activation(self.shortcut(x) + self.body(x))
 
 
-def _downsampler(in_channels: int, out_channels: int, factor: int, norm: str = "batch") -> nn.Sequential:
+def downsampler(in_channels: int, out_channels: int, factor: int, norm: str = "batch") -> nn.Sequential:
     """Strided 3×3 convolutions reducing resolution by ``factor`` (a power of two)."""
     steps = int(math.log2(factor))
     if 2**steps != factor:
         raise ValueError(f"stride ratio {factor} between teacher stages is not a power of two")
     if steps == 0:
-        return _conv_bn_relu(in_channels, out_channels, norm=norm)
-    layers = [_conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, 2, norm) for i in range(steps)]
+        return conv_bn_relu(in_channels, out_channels, norm=norm)
+    layers = [conv_bn_relu(in_channels if i == 0 else out_channels, out_channels, 2, norm) for i in range(steps)]
     return nn.Sequential(*layers)
 
 
@@ -96,7 +98,7 @@ def _lean_aligner(stages: list[FeatureStage], index: int, norm: str = "batch") -
         if target.stride != 2 * source.stride:
             raise ValueError(f"the lean bottleneck needs teacher strides doubling stage by stage, got "
                              f"{[stage.stride for stage in stages]}; use bottleneck='standard'")
-        steps.append(_conv_bn_relu(source.channels, target.channels, stride=2, norm=norm))
+        steps.append(conv_bn_relu(source.channels, target.channels, stride=2, norm=norm))
     return nn.Sequential(*steps) if steps else nn.Identity()
 
 
@@ -116,13 +118,13 @@ class Bottleneck(nn.Module):
         deepest = stages[-1]
         self.embedding_channels = embedding_channels or 2 * deepest.channels
         self.align = nn.ModuleList(
-            [_downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride, norm) for stage in stages]
+            [downsampler(stage.channels, deepest.channels, deepest.stride // stage.stride, norm) for stage in stages]
             if kind == "standard" else [_lean_aligner(stages, index, norm) for index in range(len(stages))]
         )
         fused = deepest.channels * len(stages)
         first = (ResidualBlock(fused, self.embedding_channels, stride=2, norm=norm)
                  if self.embedding_channels >= BOTTLENECK_WIDTH
-                 else _conv_bn_relu(fused, self.embedding_channels, stride=2, norm=norm))
+                 else conv_bn_relu(fused, self.embedding_channels, stride=2, norm=norm))
         self.compress = nn.Sequential(first, ResidualBlock(self.embedding_channels, norm=norm))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
@@ -130,8 +132,19 @@ class Bottleneck(nn.Module):
         return self.compress(torch.cat(aligned, dim=1))
 
 
+def resize_to(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of ``x`` to ``reference``'s spatial size (no-op when equal)."""
+    if x.shape[-2:] == reference.shape[-2:]:
+        return x
+    return F.interpolate(x, size=reference.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class Decoder(nn.Module):
-    """Student decoder: embedding → one feature map per teacher stage (shallow → deep)."""
+    """Student decoder: embedding → one feature map per teacher stage (shallow → deep).
+
+    With ``priors`` (one map per stage, shallow → deep, as PDD's MPA gives), each stage adds its prior, resized
+    to the stage, after up-sampling (a skip input).
+    """
 
     def __init__(self, stages: list[FeatureStage], embedding_channels: int, blocks_per_stage: int = 2,
                  norm: str = "batch") -> None:
@@ -142,7 +155,7 @@ class Decoder(nn.Module):
         for stage in reversed(stages):
             factor = in_stride // stage.stride
             if factor == 1:
-                up = _conv_bn_relu(in_channels, stage.channels, norm=norm)
+                up = conv_bn_relu(in_channels, stage.channels, norm=norm)
             else:
                 up = nn.Sequential(
                     nn.ConvTranspose2d(in_channels, stage.channels, factor, stride=factor, bias=False),
@@ -154,11 +167,14 @@ class Decoder(nn.Module):
                                              nn.Conv2d(stage.channels, stage.channels, 1)))
             in_channels, in_stride = stage.channels, stage.stride
 
-    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, embedding: torch.Tensor, priors: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        deep_first = list(reversed(priors)) if priors is not None else [None] * len(self.ups)
         outputs = []
         x = embedding
-        for up, refine in zip(self.ups, self.refine, strict=True):
+        for up, refine, prior in zip(self.ups, self.refine, deep_first, strict=True):
             x = up(x)
+            if prior is not None:
+                x = x + resize_to(prior, x)
             out = refine(x)
             outputs.append(out)
             x = torch.relu(out)

@@ -1,0 +1,22 @@
+"""The benchmarks' shared helpers: the recorded command line (by which a re-run resumes) and other results."""
+
+from __future__ import annotations
+
+from medad.results import BenchmarkResults, benchmark_command, read_records
+
+
+def test_the_command_line_is_the_script_and_its_quoted_arguments():
+    assert benchmark_command("speed.py", []) == "python benchmarks/speed.py"
+    assert benchmark_command("rd4ad_unsupervised.py", ["--tasks", "headct", "a b"]) == \
+        "python benchmarks/rd4ad_unsupervised.py --tasks headct 'a b'"
+    assert benchmark_command("export_latency.py", ["--threads", "1"], environment="OMP_NUM_THREADS=1") == \
+        "OMP_NUM_THREADS=1 python benchmarks/export_latency.py --threads 1"
+
+
+def test_records_of_another_benchmark(tmp_path):
+    assert read_records("missing", tmp_path) == []
+    results = BenchmarkResults("done", "python benchmarks/done.py", directory=tmp_path)
+    results.add_record({"method": "rd4ad", "task": "headct", "seed": 0, "image_auroc": 0.9})
+    assert read_records("done", tmp_path) == [{"method": "rd4ad", "task": "headct", "seed": 0, "image_auroc": 0.9}]
+    resumed = BenchmarkResults("done", "python benchmarks/done.py", directory=tmp_path)
+    assert resumed.has(method="rd4ad", task="headct", seed=0) and not resumed.has(seed=1)
