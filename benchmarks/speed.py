@@ -404,7 +404,7 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
     decode = [s for s in data["speed"] if s["what"] == "decode_images"]
     if decode:
         lines += ["", f"## Decoding and resizing {decode[0]['batch_size']} ZhangLab images to {args.image_size} px "
-                  "(`medad.engine.images.load_images`)", "",
+                  "(`medad.data.images.load_images`)", "",
                   f"In a process on torch's default {decode[0]['threads']} threads, as `medad` runs; decoding workers "
                   "compute on one thread each.", "", "| loader | images/s (wall) |", "|---|---|"]
         lines += [f"| {s['method']} | {s['images_per_second']:.0f} |" for s in decode]
