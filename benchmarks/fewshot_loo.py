@@ -493,6 +493,10 @@ def main() -> int:
         argv = argv[:start] + argv[end:]
     command = ("python benchmarks/fewshot_loo.py " + shlex.join(argv)).strip()
     results = BenchmarkResults(args.name, command)
+    if results.path.is_file():  # the time already spent, so that a resumed run adds to it
+        previous = json.loads(results.path.read_text())
+        if previous.get("command") == command:
+            results.data["seconds_per_fold"] = previous.get("seconds_per_fold", {})
     results.data["default_method"] = DEFAULT
     results.data["selection"] = SELECTION
     selected, lengths = selected_scoring(Path(args.selection), args.tasks)

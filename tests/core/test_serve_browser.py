@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from medad.cli.main import main
 
@@ -48,10 +49,11 @@ def _images(phantom_chest) -> tuple[list[Path], list[Path]]:
 
 
 @pytest.fixture
-def server(fewshot_checkpoint):
+def server(default_fewshot_checkpoint):
     """``python -m medad serve`` on a free port; yields (url, temporary folder), then stops it with Ctrl-C."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--checkpoint", str(fewshot_checkpoint),
+    # the server computes on as many threads as this process, so that its float32 sums match the CLI's here
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--checkpoint", str(default_fewshot_checkpoint),
                                 "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, env=env)
     try:
@@ -97,7 +99,7 @@ def _submit(driver, url: str, references: list[Path], queries: list[Path]) -> No
 
 
 @pytest.mark.slow
-def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, fewshot_checkpoint, phantom_chest,
+def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, default_fewshot_checkpoint, phantom_chest,
                                                                tmp_path):
     references, queries = _images(phantom_chest)
     _submit(browser, server["url"], references, queries)
@@ -109,7 +111,7 @@ def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, 
              for row in rows}
 
     out = tmp_path / "cli"
-    assert main(["fewshot", "score", "--checkpoint", str(fewshot_checkpoint), "--support", *map(str, references),
+    assert main(["fewshot", "score", "--checkpoint", str(default_fewshot_checkpoint), "--support", *map(str, references),
                  "--query", *map(str, queries), "--out", str(out), "--support-cache", str(tmp_path / "cache"),
                  "--quiet"]) == 0
     with open(out / "scores.csv") as handle:
