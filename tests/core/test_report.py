@@ -138,6 +138,19 @@ def test_heatmap_grid_ranks_by_score(tmp_path):
     assert all(t.label == (1 if "lesion" in t.name else 0) for t in heat.tiles)
 
 
+def test_records_of_another_protocol_are_left_out_of_the_tables(tmp_path):
+    honest = build_report([_results_file(tmp_path / "tiny.json")], tmp_path / "honest").path.read_text()
+    path = _results_file(tmp_path / "mixed.json")
+    data = json.loads(path.read_text())
+    data["records"] += [{**record, "image_auroc": 0.99, "protocol": "released"} for record in data["records"]
+                        if record["method"] == "patchcore"]
+    path.write_text(json.dumps(data))
+    report = build_report([path], tmp_path / "mixed")
+    cell = mean_std_cell([0.6 + 0.01 * draw + 0.04 for draw in range(3)])  # patchcore, K=2, honest draws only
+    assert cell in honest and cell in report.path.read_text()
+    assert any("6 records of another evaluation protocol (released) left out" in note for note in report.notes)
+
+
 def test_results_alone_say_what_is_missing(tmp_path):
     report = build_report([_results_file(tmp_path / "tiny.json")], tmp_path / "out")
     page = report.path.read_text()

@@ -299,8 +299,18 @@ def _is_results_file(data: Any) -> bool:
         "benchmark" in data or "speed" in data)
 
 
+#: records of another evaluation protocol than the benchmark's own (e.g. ``fewshot_loo``'s emulation of a paper's
+#: released code): left out of the report's tables and charts, which would otherwise pool them with the rest
+OTHER_PROTOCOLS = ("released",)
+
+
 def _add_results_file(path: Path, data: dict[str, Any], inputs: ReportInputs) -> None:
     records = [r for r in data.get("records", []) if isinstance(r, dict) and r.get("method") and r.get("task")]
+    other = [r for r in records if r.get("protocol") in OTHER_PROTOCOLS]
+    if other:
+        records = [r for r in records if r.get("protocol") not in OTHER_PROTOCOLS]
+        inputs.notes.append(f"{path}: {len(other)} records of another evaluation protocol "
+                            f"({', '.join(sorted({r['protocol'] for r in other}))}) left out; see the benchmark's .md")
     inputs.results.append(ResultSource(data.get("benchmark") or path.stem, path, records, data.get("speed") or [],
                                        {key: data.get(key) for key in ("command", "machine", "created")}))
     if not records:
