@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import itertools
 import random
-import shlex
 import sys
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from medad.engine.training import TrainConfig, seed_everything
 from medad.features import FeatureCache
 from medad.models.d24fad_nn import MAPS, SCORES, D24FADNN, D24FADNNConfig, fused_image_scores
 from medad.models.registry import method_info
-from medad.results import BenchmarkResults
+from medad.results import BenchmarkResults, benchmark_command
 
 TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 #: development tasks: (shared-data folder, extra_train_abnormal kinds); None = the task's validation split
@@ -96,8 +95,7 @@ def development_split(name: str, dev_normals: int, dev_abnormals: int) -> tuple[
 
 def main() -> int:
     args = parse_args()
-    results = BenchmarkResults(args.name, ("python benchmarks/fewshot_dev_selection.py " +
-                                           shlex.join(sys.argv[1:])).strip())
+    results = BenchmarkResults(args.name, benchmark_command("fewshot_dev_selection.py"))
     cache = FeatureCache(build_teacher(args.teacher), cache_dir=args.cache)
     teacher = cache.teacher.eval()
     budget = method_info(D24FADNN.method).training.as_dict()

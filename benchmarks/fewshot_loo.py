@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import shlex
 import shutil
 import sys
 import time
@@ -49,7 +48,7 @@ from medad.models.d24fad_nn import D24FADNN, D24FADNNConfig
 from medad.models.patchcore import PatchCoreKShot
 from medad.models.rd4ad import RD4AD
 from medad.models.support_matching import mean_pairwise_cosine
-from medad.results import BenchmarkResults, mean_std
+from medad.results import BenchmarkResults, benchmark_command, mean_std
 
 TASKS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 DEFAULT = "d24fad_nn"
@@ -139,11 +138,11 @@ class Fold:
 
 
 class Benchmark:
-    def __init__(self, args: argparse.Namespace, results: BenchmarkResults, selected: dict[str, dict],
+    def __init__(self, args: argparse.Namespace, results: BenchmarkResults, selected: dict[str, str],
                  epochs: dict[str, int]) -> None:
         self.args = args
         self.results = results
-        self.selected = selected  # fold → D²4FAD-NN scoring settings (maps, score)
+        self.selected = selected  # fold → D²4FAD-NN scoring ("maps|score")
         self.epochs = epochs  # fold → D²4FAD-NN training length
         self.cache = FeatureCache(build_teacher(args.teacher), cache_dir=args.cache)
         self.teacher = self.cache.teacher.eval()
@@ -158,10 +157,7 @@ class Benchmark:
 
     def selection_of(self, fold: Fold, method: str) -> dict[str, str]:
         """D²4FAD-NN records name the fold's selected scoring they were scored with (variants: the one they change)."""
-        if not method.startswith(DEFAULT):
-            return {}
-        chosen = self.selected[fold.target.name]
-        return {"selection": f"{'+'.join(chosen['maps'])}|{chosen['score']}"}
+        return {"selection": self.selected[fold.target.name]} if method.startswith(DEFAULT) else {}
 
     def done(self, method: str, fold: Fold, seed: int, epochs: int) -> bool:
         return all(self.results.has(method=method, task=fold.target.name, seed=seed, k=k, support_draw=d,
@@ -284,11 +280,13 @@ class Benchmark:
                         result.train_seconds, result.epochs_done, protocol="released")
 
     def fewshot(self, fold: Fold, method: str, seed: int, overrides: dict, scoring_ablations: bool,
-                epochs: int | None = None) -> None:
-        """Train (or resume) and score one few-shot model, for ``epochs`` or the fold's training length."""
+                epochs: int | None = None, record_as: str | None = None) -> None:
+        """Train (or resume) and score one few-shot model, for ``epochs`` or the fold's training length; its
+        records name ``record_as`` (default: ``method``)."""
         epochs = epochs or self.training_length(fold, method)
+        name = record_as or method
         released = method == PAPER and seed == self.args.seeds[0]
-        pending = not self.done(method, fold, seed, epochs) or (released and not self.results.has(
+        pending = not self.done(name, fold, seed, epochs) or (released and not self.results.has(
             method=method, task=fold.target.name, seed=seed, protocol="released"))
         if scoring_ablations:
             pending = pending or any(not self.done(name, fold, seed, epochs) for name in SCORING_ABLATIONS)
@@ -297,14 +295,15 @@ class Benchmark:
         model, result = self.train(fold, method, seed, overrides, epochs, released)
         if seed == self.args.seeds[0] and method in (DEFAULT, PAPER) and epochs == self.training_length(fold, method):
             self.collapse(fold, model, method, seed, result)
+        scoring = scoring_options(self.selected[fold.target.name])
         if method.startswith(DEFAULT):  # scored as selected for this fold
-            model = self.rescored(model, {**overrides, **self.selected[fold.target.name]})
-        self.evaluate(fold, model, method, seed, result)
+            model = self.rescored(model, {**overrides, **scoring})
+        self.evaluate(fold, model, name, seed, result)
         if released:
             self.released_records(fold, method, seed, result)
         if scoring_ablations:
             for name, changes in SCORING_ABLATIONS.items():
-                variant = self.rescored(model, {**overrides, **self.selected[fold.target.name], **changes})
+                variant = self.rescored(model, {**overrides, **scoring, **changes})
                 self.evaluate(fold, variant, name, seed, result)
 
     def rescored(self, model: D24FADNN, config: dict) -> D24FADNN:
@@ -329,8 +328,8 @@ def continue_from_shorter(run_dir: Path, epochs: int) -> None:
         shutil.copytree(max(shorter)[1], run_dir)
 
 
-def selected_scoring(path: Path, tasks: list[str]) -> tuple[dict[str, dict], dict[str, int]]:
-    """Per fold, the D²4FAD-NN scoring (``maps`` and ``score``) and training length chosen on development data."""
+def selected_scoring(path: Path, tasks: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """Per fold, the D²4FAD-NN scoring ("maps|score") and training length chosen on development data."""
     if not path.exists():
         raise SystemExit(f"{path} not found: run python benchmarks/fewshot_dev_selection.py first")
     data = json.loads(path.read_text())
@@ -338,26 +337,23 @@ def selected_scoring(path: Path, tasks: list[str]) -> tuple[dict[str, dict], dic
     missing = set(tasks) - (set(chosen) & set(lengths))
     if missing:
         raise SystemExit(f"{path} selects no scoring or training length for {', '.join(sorted(missing))}")
-    return ({task: {"maps": chosen[task].split("|")[0].split("+"), "score": chosen[task].split("|")[1]}
-             for task in tasks}, {task: int(lengths[task]) for task in tasks})
+    return {task: chosen[task] for task in tasks}, {task: int(lengths[task]) for task in tasks}
 
 
-def current_records(records: list[dict], epochs: dict[str, int], scoring: dict[str, dict]) -> list[dict]:
-    """The records shown: D²4FAD-NN's (and its variants') at the fold's selected training length and scored
-    with its selected scoring, with its seed-0 records after ``FIRST_BUDGET`` epochs renamed to the
-    training-length ablation.  (The others are earlier selections' records, kept in the JSON.)"""
-    shown = []
-    for record in records:
-        if record["method"].startswith(DEFAULT):
-            chosen = scoring.get(record["task"], {})
-            if record.get("selection") != f"{'+'.join(chosen.get('maps', []))}|{chosen.get('score')}":
-                continue
-            if record["epochs"] != epochs.get(record["task"]):
-                if record["method"] == DEFAULT and record["epochs"] == FIRST_BUDGET and record["seed"] == 0:
-                    shown.append({**record, "method": LENGTH_ABLATION})
-                continue
-        shown.append(record)
-    return shown
+def scoring_options(selection: str) -> dict:
+    """D24FADNNConfig options of a selected scoring ("tsd+teacher_nn|top5" → maps and score)."""
+    maps, score = selection.split("|")
+    return {"maps": maps.split("+"), "score": score}
+
+
+def is_current(record: dict, selected: dict[str, str], epochs: dict[str, int]) -> bool:
+    """Whether a record belongs to this selection: D²4FAD-NN's (and its variants') scored with the fold's selected
+    scoring after its selected training length (the training-length ablation: after ``FIRST_BUDGET`` epochs).
+    The others come from an earlier selection and are dropped from the results file."""
+    if not record["method"].startswith(DEFAULT):
+        return True
+    length = FIRST_BUDGET if record["method"] == LENGTH_ABLATION else epochs.get(record["task"])
+    return record.get("selection") == selected.get(record["task"]) and record.get("epochs") == length
 
 
 def cell(records: list[dict], **key) -> str:
@@ -392,7 +388,7 @@ def acceptance(records: list[dict], tasks: list[str]) -> list[str]:
 
 def markdown(results: BenchmarkResults, args) -> str:
     lengths = results.data.get("epochs_per_fold", {})
-    records = current_records(results.records, lengths, results.data.get("scoring_per_fold", {}))
+    records = results.records
     tasks = [t for t in args.tasks if any(r["task"] == t for r in records)]
     ks = args.k
     header = "| task | method | " + " | ".join(f"K={k}" for k in ks) + " |"
@@ -491,16 +487,16 @@ def main() -> int:
         while end < len(argv) and not argv[end].startswith("--"):
             end += 1
         argv = argv[:start] + argv[end:]
-    command = ("python benchmarks/fewshot_loo.py " + shlex.join(argv)).strip()
-    results = BenchmarkResults(args.name, command)
+    command = benchmark_command("fewshot_loo.py", argv)
+    selected, lengths = selected_scoring(Path(args.selection), args.tasks)
+    results = BenchmarkResults(args.name, command, keep=lambda record: is_current(record, selected, lengths))
     if results.path.is_file():  # the time already spent, so that a resumed run adds to it
         previous = json.loads(results.path.read_text())
         if previous.get("command") == command:
             results.data["seconds_per_fold"] = previous.get("seconds_per_fold", {})
     results.data["default_method"] = DEFAULT
     results.data["selection"] = SELECTION
-    selected, lengths = selected_scoring(Path(args.selection), args.tasks)
-    results.data["scoring_per_fold"] = selected
+    results.data["scoring_per_fold"] = {task: scoring_options(name) for task, name in selected.items()}
     results.data["epochs_per_fold"] = lengths
     bench = Benchmark(args, results, selected, lengths)
     loaded: dict[str, Fold] = {}
@@ -526,7 +522,9 @@ def main() -> int:
     for target in folds:  # phase 1
         fold = fold_of(target)
         timed(lambda: bench.baselines(fold), target)
-        timed(lambda: bench.fewshot(fold, DEFAULT, first, {}, scoring_ablations=False, epochs=FIRST_BUDGET), target)
+        if lengths[target] != FIRST_BUDGET:
+            timed(lambda: bench.fewshot(fold, DEFAULT, first, {}, scoring_ablations=False, epochs=FIRST_BUDGET,
+                                        record_as=LENGTH_ABLATION), target)
         timed(lambda: bench.fewshot(fold, DEFAULT, first, {}, scoring_ablations=True), target)
         timed(lambda: bench.fewshot(fold, PAPER, first, {}, scoring_ablations=False), target)
     for seed in others:  # phase 2

@@ -29,7 +29,6 @@ import argparse
 import json
 import multiprocessing
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from medad.results import BenchmarkResults, interleaved_timings, mean_std, optimiser_step, peak_rss_mib
+from medad.results import (BenchmarkResults, benchmark_command, interleaved_timings, mean_std, optimiser_step,
+                           peak_rss_mib)
 
 AUROC_TASKS = ["headct", "brainmri", "zhanglab"]
 BOTTLENECKS = ("lean", "standard")
@@ -451,7 +451,7 @@ def export_latency_section(path: Path = EXPORT_LATENCY) -> list[str]:
 def main() -> int:
     args = parse_args()
     argv = [arg for arg in sys.argv[1:] if arg != "--markdown-only"]
-    command = ("python benchmarks/speed.py " + shlex.join(argv)).strip()
+    command = benchmark_command("speed.py", argv)
     if args.markdown_only:
         results = BenchmarkResults(args.name, command, resume=False)
         saved = json.loads(results.path.read_text()) if results.path.is_file() else {}

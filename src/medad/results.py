@@ -108,14 +108,17 @@ class BenchmarkResults:
     """``benchmarks/results/<name>.json`` with accuracy ``records`` and ``speed`` records."""
 
     def __init__(self, name: str, command: str, directory: str | Path = RESULTS_DIR,
-                 resume: bool = True) -> None:
+                 resume: bool = True, keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
+        """``keep``: which records are still current (e.g. after a benchmark's settings were selected anew);
+        the others are dropped from the file when it is read and whenever it is merged."""
         self.path = Path(directory) / f"{name}.json"
+        self.keep = keep or (lambda record: True)
         self.data: dict[str, Any] = {"benchmark": name, "command": command, "machine": machine_description(),
                                      "created": date.today().isoformat(), "records": [], "speed": []}
         if resume and self.path.is_file():
             previous = json.loads(self.path.read_text())
             if previous.get("command") == command:
-                self.data["records"] = previous.get("records", [])
+                self.data["records"] = [r for r in previous.get("records", []) if self.keep(r)]
                 self.data["speed"] = previous.get("speed", [])
 
     @property
@@ -155,7 +158,7 @@ class BenchmarkResults:
 
     def _merge(self, other: dict[str, Any]) -> None:
         known = {record_identity(r) for r in self.records}
-        self.records.extend(r for r in other.get("records", []) if record_identity(r) not in known)
+        self.records.extend(r for r in other.get("records", []) if record_identity(r) not in known and self.keep(r))
         for section, value in other.items():
             mine = self.data.get(section)
             if isinstance(value, dict) and isinstance(mine, dict):

@@ -20,3 +20,17 @@ def test_records_of_another_benchmark(tmp_path):
     assert read_records("done", tmp_path) == [{"method": "rd4ad", "task": "headct", "seed": 0, "image_auroc": 0.9}]
     resumed = BenchmarkResults("done", "python benchmarks/done.py", directory=tmp_path)
     assert resumed.has(method="rd4ad", task="headct", seed=0) and not resumed.has(seed=1)
+
+
+def test_records_no_longer_current_are_dropped_on_read_and_merge(tmp_path):
+    command = "python benchmarks/sel.py"
+    old = BenchmarkResults("sel", command, directory=tmp_path)
+    for seed in (0, 1):
+        old.add_record({"method": "m", "task": "t", "seed": seed, "selection": "a"})
+    current = BenchmarkResults("sel", command, directory=tmp_path, keep=lambda r: r["selection"] == "b")
+    assert current.records == []
+    # another process still holding the old records writes them back; the current run's save drops them again
+    old.add_record({"method": "m", "task": "t", "seed": 2, "selection": "a"})
+    current.add_record({"method": "m", "task": "t", "seed": 0, "selection": "b"})
+    assert current.records == [{"method": "m", "task": "t", "seed": 0, "selection": "b"}]
+    assert read_records("sel", tmp_path) == current.records
