@@ -490,10 +490,6 @@ def main() -> int:
     command = benchmark_command("fewshot_loo.py", argv)
     selected, lengths = selected_scoring(Path(args.selection), args.tasks)
     results = BenchmarkResults(args.name, command, keep=lambda record: is_current(record, selected, lengths))
-    if results.path.is_file():  # the time already spent, so that a resumed run adds to it
-        previous = json.loads(results.path.read_text())
-        if previous.get("command") == command:
-            results.data["seconds_per_fold"] = previous.get("seconds_per_fold", {})
     results.data["default_method"] = DEFAULT
     results.data["selection"] = SELECTION
     results.data["scoring_per_fold"] = {task: scoring_options(name) for task, name in selected.items()}

@@ -4,7 +4,9 @@ with the same budget, the paper's Table 3/4 ablations and its multi-class settin
 Regenerate:  python benchmarks/pdd_unsupervised.py
 Writes benchmarks/results/pdd_unsupervised.json (+ .md).  Resumable, so it can run in pieces: re-running the
 same command skips the records already written, and a training that was cut off continues from its last finished
-epoch (run folders under --runs, teacher features cached under --cache).
+epoch (run folders under --runs, teacher features cached under --cache).  Several processes may share the results
+file once λ_div is chosen (e.g. ``--seeds 0`` beside ``--seeds 2 1 --ablation-seeds``); ``--markdown-only`` then
+rewrites the .md from everything they recorded.
 
 Rows (records; ``method`` names the row):
 * ``pdd`` (the 2t2s model) and ``rd4ad`` on every task, --seeds (≥ 3);
@@ -38,7 +40,9 @@ from medad.engine.run_folder import RunFolder
 from medad.engine.training import TrainConfig, TrainResult, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache, stack_features
+from medad.models.factory import load_trained_model
 from medad.models.pdd import ABLATIONS, PDD, PDDConfig
+from medad.report.figures import comparison_figure, pyplot, save
 from medad.models.rd4ad import RD4AD
 from medad.results import BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std
 
@@ -64,6 +68,9 @@ PAPER_ABLATIONS = {
 }
 #: epochs of the training log kept in each record (evenly spaced, the last included)
 LOG_POINTS = 20
+#: the PDD-vs-RD4AD heat-map figure per task: models of this seed; abnormal and normal test images shown
+FIGURE_SEED = 0
+FIGURE_IMAGES = {1: 4, 0: 2}
 
 
 def parse_args() -> argparse.Namespace:
@@ -100,6 +107,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache", default="benchmarks/.cache", help="teacher-feature cache")
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--name", default="pdd_unsupervised")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite the .md from the .json (e.g. after several processes shared it); train nothing")
     return parser.parse_args()
 
 
@@ -149,6 +158,16 @@ def multiclass_steps(args: argparse.Namespace) -> int:
 
 def run_slug(method: str) -> str:
     return method.replace("[", "-").replace("]", "")
+
+
+def shown_rows(labels: list[int]) -> list[int]:
+    """Test images of the heat-map figure: per label, evenly spaced positions in the test list (never chosen by
+    score), abnormal first."""
+    rows = []
+    for label, count in FIGURE_IMAGES.items():
+        positions = [i for i, value in enumerate(labels) if value == label]
+        rows += [positions[round(j)] for j in np.linspace(0, len(positions) - 1, min(count, len(positions)))]
+    return rows
 
 
 def convergence(log: list[dict]) -> dict:
@@ -258,7 +277,7 @@ class Benchmark:
         model, cache, config, backbone = self.build(method)
         config.seed = seed
         config.epochs = max(1, round(steps / -(-len(images) // config.batch_size)))
-        run_dir = Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks) / f"{run_slug(method)}-seed{seed}"
+        run_dir = self.run_dir(method, train_tasks, seed)
         started = time.perf_counter()
         trained = train_unsupervised(model, images, config, out_dir=run_dir, resume=True, cache=cache,
                                      desc=f"{method} {'+'.join(train_tasks)} s{seed}", train_tasks=train_tasks)
@@ -268,6 +287,36 @@ class Benchmark:
                 continue
             self.record(method, task, train_tasks, seed, model, trained, backbone, len(images), steps,
                         time.perf_counter() - started)
+
+    def run_dir(self, method: str, train_tasks: list[str], seed: int) -> Path:
+        return Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks) / f"{run_slug(method)}-seed{seed}"
+
+    def heatmaps(self, task: str) -> None:
+        """PDD's and RD4AD's heat maps on the same test images of ``task`` (the paper's Fig. 4–5), as a PNG beside
+        the results file and named in its ``figures`` section; skipped when present or a model is not trained."""
+        name = f"{self.args.name}_heatmaps_{task}.png"
+        path = Path(self.args.results_dir) / name
+        runs = {method: self.run_dir(method, [task], FIGURE_SEED) for method in ("pdd", "rd4ad")}
+        if path.is_file() or not all(self.results.has(method=method, task=task, seed=FIGURE_SEED) for method in runs):
+            return
+        _, test, labels, masks = self.task_data(task)
+        rows = shown_rows(labels)
+        maps = {}
+        for method, run_dir in runs.items():
+            model, _ = load_trained_model(run_dir, expected_method=method)
+            with torch.no_grad():
+                maps[method.upper()] = model.predict(test[rows])[0].numpy()
+        has_masks = bool(masks[rows].any())
+        fig = comparison_figure(test[rows].numpy(), maps, [labels[i] for i in rows],
+                                masks[rows, 0].numpy() if has_masks else None, f"{task}: PDD vs RD4AD, seed {FIGURE_SEED}")
+        save(fig, path, quantize=True)
+        pyplot().close(fig)
+        self.results.data.setdefault("figures", {})[task] = {
+            "file": name, "caption": f"{task}: heat maps of PDD (2t2s) and RD4AD, seed {FIGURE_SEED}, on the same "
+            f"test images ({FIGURE_IMAGES[1]} abnormal, {FIGURE_IMAGES[0]} normal, evenly spaced in the test list, "
+            "not chosen by score); one colour scale per model (its 1st–99th percentile over these images)"
+            + ("; ground truth: the tumour mask" if has_masks else "")}
+        self.results.save()
 
     def record(self, method: str, task: str, train_tasks: list[str], seed: int, model: torch.nn.Module,
                trained: TrainResult, backbone: str, n_train: int, steps: int, seconds: float) -> None:
@@ -307,6 +356,23 @@ def errors_cell(records: list[dict], student: str) -> str:
     values = [r["convergence"]["relative_error"][student] for r in records
               if student in r.get("convergence", {}).get("relative_error", {})]
     return " / ".join(f"{v:.2f}" for v in np.mean(values, axis=0)) if values else "—"
+
+
+def figure_and_speed_lines(results: BenchmarkResults) -> list[str]:
+    """The markdown's heat-map figures and speed table."""
+    lines: list[str] = []
+    shown = results.data.get("figures", {})
+    if shown:
+        lines += ["", "## Heat maps, PDD vs RD4AD (the paper's Fig. 4–5)", ""]
+        for entry in shown.values():
+            lines += [f"![{entry['caption']}]({entry['file']})", "", entry["caption"] + ".", ""]
+    speed = results.data["speed"]
+    if speed:
+        lines += ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {s['what']} | {s['backbone']} | {s['batch_size']} | {s['images_per_second']:.1f} | "
+                  f"{s['peak_rss_mib']:.0f} |" for s in speed]
+    return lines
 
 
 def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:
@@ -381,12 +447,7 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
     if any(r["task"] == "brats_slices" for r in results.records):
         lines += ["", "BraTS slices: the normal slices lie below the tumour in the one volume, so the image AUROC "
                   "measures slice position more than tumour; the pixel metrics are this task's localisation figures."]
-    speed = results.data["speed"]
-    if speed:
-        lines += ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {s['what']} | {s['backbone']} | {s['batch_size']} | {s['images_per_second']:.1f} | "
-                  f"{s['peak_rss_mib']:.0f} |" for s in speed]
+    lines += figure_and_speed_lines(results)
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +456,10 @@ def main() -> int:
     options = model_options(args.model_option)
     results = BenchmarkResults(args.name, benchmark_command("pdd_unsupervised.py"), directory=args.results_dir)
     results.data["selection"] = selection(args, options)
+    if args.markdown_only:
+        chosen = results.data.get("lambda_div_selection", {}).get("chosen")
+        results.write_markdown(markdown(results, args, {**options, "lambda_div": chosen} if chosen else options))
+        return 0
     bench = Benchmark(args, results, options)
     chosen = bench.select_lambda_div()
     if chosen is not None:
@@ -409,6 +474,7 @@ def main() -> int:
         for task in args.tasks:
             for method in ("pdd", "rd4ad"):
                 bench.run(method, [task], [task], seed, args.steps)
+            bench.heatmaps(task)
             if seed in args.ablation_seeds and task in (args.ablation_tasks or []):
                 for row in args.ablations:
                     bench.run(f"pdd[{row}]", [task], [task], seed, args.steps)

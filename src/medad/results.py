@@ -109,8 +109,10 @@ class BenchmarkResults:
 
     def __init__(self, name: str, command: str, directory: str | Path = RESULTS_DIR,
                  resume: bool = True, keep: Callable[[dict[str, Any]], bool] | None = None) -> None:
-        """``keep``: which records are still current (e.g. after a benchmark's settings were selected anew);
-        the others are dropped from the file when it is read and whenever it is merged."""
+        """``resume``: continue the file of the same command: its records and every other section (selections,
+        timings, figures…) are restored, so that a resumed process adds to them; the header (machine, date) is
+        this run's.  ``keep``: which records are still current (e.g. after a benchmark's settings were selected
+        anew); the others are dropped from the file when it is read and whenever it is merged."""
         self.path = Path(directory) / f"{name}.json"
         self.keep = keep or (lambda record: True)
         self.data: dict[str, Any] = {"benchmark": name, "command": command, "machine": machine_description(),
@@ -118,8 +120,10 @@ class BenchmarkResults:
         if resume and self.path.is_file():
             previous = json.loads(self.path.read_text())
             if previous.get("command") == command:
+                header = ("benchmark", "command", "machine", "created")
+                self.data.update({key: value for key, value in previous.items() if key not in header})
                 self.data["records"] = [r for r in previous.get("records", []) if self.keep(r)]
-                self.data["speed"] = previous.get("speed", [])
+                self.data.setdefault("speed", [])
 
     @property
     def records(self) -> list[dict[str, Any]]:

@@ -151,6 +151,31 @@ def test_records_of_another_protocol_are_left_out_of_the_tables(tmp_path):
     assert any("6 records of another evaluation protocol (released) left out" in note for note in report.notes)
 
 
+def test_figures_named_by_a_results_file_are_embedded_and_missing_ones_noted(tmp_path):
+    from medad.report.figures import comparison_figure, pyplot, save
+
+    path = _results_file(tmp_path / "tiny.json")
+    images = np.random.default_rng(0).random((3, 3, 16, 16))
+    maps = {"A": np.random.default_rng(1).random((3, 16, 16)), "B": np.zeros((3, 16, 16))}
+    masks = np.zeros((3, 16, 16), dtype=bool)
+    masks[0, 4:8, 4:8] = True
+    fig = comparison_figure(images, maps, [1, 0, 0], masks, "tiny")
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "ground truth", "A", "B"] and len(fig.axes) == 12
+    save(fig, tmp_path / "tiny_heatmaps_headct.png")
+    pyplot().close(fig)
+    data = json.loads(path.read_text())
+    data["figures"] = {"headct": {"file": "tiny_heatmaps_headct.png", "caption": "A vs B"},
+                       "gone": {"file": "absent.png", "caption": "lost"}}
+    path.write_text(json.dumps(data))
+    report = build_report([path], tmp_path / "out")
+    page = report.path.read_text()
+    assert "tiny_tiny_heatmaps_headct.png" in report.figures and "A vs B" in page
+    assert (tmp_path / "out" / "tiny_tiny_heatmaps_headct.png").read_bytes() == (
+        tmp_path / "tiny_heatmaps_headct.png").read_bytes()
+    assert len(_embedded_pngs(page)) == len(report.figures) == 2  # bars + the named figure
+    assert any("absent.png" in note and "not found" in note for note in report.notes)
+
+
 def test_results_alone_say_what_is_missing(tmp_path):
     report = build_report([_results_file(tmp_path / "tiny.json")], tmp_path / "out")
     page = report.path.read_text()

@@ -34,3 +34,16 @@ def test_records_no_longer_current_are_dropped_on_read_and_merge(tmp_path):
     current.add_record({"method": "m", "task": "t", "seed": 0, "selection": "b"})
     assert current.records == [{"method": "m", "task": "t", "seed": 0, "selection": "b"}]
     assert read_records("sel", tmp_path) == current.records
+
+
+def test_a_resumed_run_restores_every_section_but_the_header(tmp_path):
+    command = "python benchmarks/sections.py"
+    first = BenchmarkResults("sections", command, directory=tmp_path)
+    first.data.update(seconds_per_fold={"headct": 12.5}, figures={"headct": {"file": "a.png", "caption": "c"}},
+                      machine="another machine")
+    first.save()
+    resumed = BenchmarkResults("sections", command, directory=tmp_path)
+    assert resumed.data["seconds_per_fold"] == {"headct": 12.5} and resumed.data["figures"]["headct"]["file"] == "a.png"
+    assert resumed.data["machine"] != "another machine" and resumed.data["speed"] == []
+    other = BenchmarkResults("sections", "python benchmarks/sections.py --other", directory=tmp_path)
+    assert "seconds_per_fold" not in other.data  # another command starts afresh

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from medad.io_utils import atomic_path
+from medad.io_utils import write_bytes
 from medad.report.inputs import HEATMAPS_PER_SIDE, HeatmapSet, ScoreSet, WeightSet, display_name
 from medad.report.tables import k_sort, ordered
 
@@ -50,8 +50,7 @@ def save(fig, path: Path, quantize: bool = False) -> bytes:
         buffer = io.BytesIO()
         image.quantize(palette=palette, dither=Image.Dither.FLOYDSTEINBERG).save(buffer, format="PNG", optimize=True)
     data = buffer.getvalue()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    write_bytes(path, data)
     return data
 
 
@@ -346,4 +345,44 @@ def weights_figure(weight_set: WeightSet):
     side.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), fontsize=8, frameon=False)
     side.grid(axis="x", alpha=0.3)
     fig.suptitle(f"{weight_set.task}: learned support weights per query (K={k})", y=0.995, fontsize=13)
+    return fig
+
+
+def comparison_figure(images: np.ndarray, maps: dict[str, np.ndarray], labels: list[int],
+                      masks: np.ndarray | None = None, title: str = ""):
+    """Heat maps of several models on the same images (PDD's Fig. 4–5): one row per image; columns: the image,
+    its ground-truth mask (when given), then each model's map over the image.
+
+    ``images``: N×3×H×W in [0, 1]; ``maps``: model name → N×H×W; ``masks``: N×H×W or None.  Each model has one
+    colour scale for all its rows (its 1st to 99th percentile over the images shown), since the models' maps are
+    in different units.
+    """
+    from matplotlib import colormaps
+
+    plt = pyplot()
+    columns = ["image", *(["ground truth"] if masks is not None else []), *maps]
+    fig, axes = plt.subplots(len(images), len(columns), figsize=(2.2 * len(columns), 2.3 * len(images) + 0.4),
+                             squeeze=False)
+    scales = {name: np.percentile(values, [1, 99]) for name, values in maps.items()}
+    for row, image in enumerate(images):
+        picture = np.clip(np.transpose(image, (1, 2, 0)), 0, 1)
+        tiles = [picture]
+        if masks is not None:
+            inside = masks[row].astype(bool)[..., None]
+            tiles.append(np.where(inside, 0.5 * picture + 0.5 * np.array([1.0, 0.1, 0.1]), picture))
+        for name, values in maps.items():
+            low, high = scales[name]
+            heat = colormaps["jet"](np.clip((values[row] - low) / max(high - low, 1e-12), 0, 1))[..., :3]
+            tiles.append(0.55 * picture + 0.45 * heat)
+        for column, (ax, tile) in enumerate(zip(axes[row], tiles, strict=True)):
+            ax.imshow(np.clip(tile, 0, 1), interpolation="bilinear")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[column], fontsize=11)
+        label = {0: "normal", 1: "abnormal"}.get(labels[row], "?")
+        axes[row][0].set_ylabel(label, color=ABNORMAL_COLOUR if labels[row] else NORMAL_COLOUR, fontsize=11)
+    if title:
+        fig.suptitle(title, fontsize=12)
+    fig.tight_layout()
     return fig

@@ -33,6 +33,7 @@ class ResultSource:
     records: list[dict[str, Any]]
     speed: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    figures: list[tuple[Path, str]] = field(default_factory=list)  # (PNG beside the results file, caption)
 
 
 @dataclass
@@ -304,6 +305,18 @@ def _is_results_file(data: Any) -> bool:
 OTHER_PROTOCOLS = ("released",)
 
 
+def _result_figures(path: Path, data: dict[str, Any], inputs: ReportInputs) -> list[tuple[Path, str]]:
+    """The PNG figures a results file names (``"figures": {key: {"file", "caption"}}``, files beside it)."""
+    found = []
+    for entry in (data.get("figures") or {}).values():
+        figure = path.parent / str(entry.get("file", "")) if isinstance(entry, dict) else None
+        if figure is not None and figure.suffix == ".png" and figure.is_file():
+            found.append((figure, str(entry.get("caption", ""))))
+        else:
+            inputs.notes.append(f"{path}: figure {entry!r} not found beside the results file")
+    return found
+
+
 def _add_results_file(path: Path, data: dict[str, Any], inputs: ReportInputs) -> None:
     records = [r for r in data.get("records", []) if isinstance(r, dict) and r.get("method") and r.get("task")]
     other = [r for r in records if r.get("protocol") in OTHER_PROTOCOLS]
@@ -312,7 +325,8 @@ def _add_results_file(path: Path, data: dict[str, Any], inputs: ReportInputs) ->
         inputs.notes.append(f"{path}: {len(other)} records of another evaluation protocol "
                             f"({', '.join(sorted({r['protocol'] for r in other}))}) left out; see the benchmark's .md")
     inputs.results.append(ResultSource(data.get("benchmark") or path.stem, path, records, data.get("speed") or [],
-                                       {key: data.get(key) for key in ("command", "machine", "created")}))
+                                       {key: data.get(key) for key in ("command", "machine", "created")},
+                                       _result_figures(path, data, inputs)))
     if not records:
         inputs.notes.append(f"{path}: the benchmark has no accuracy records yet")
 

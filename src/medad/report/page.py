@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from medad.io_utils import write_text
+from medad.io_utils import write_bytes, write_text
 from medad.report import figures
 from medad.report.figures import MAX_WEIGHT_QUERIES
 from medad.report.inputs import ReportInputs, collect_inputs
@@ -54,14 +54,29 @@ class _Page:
 
     def figure(self, fig, name: str, caption: str, quantize: bool = False) -> str:
         """Save ``fig`` as a PNG beside the page and return it embedded, with its caption."""
+        unique = self._unique(name)
+        data = figures.save(fig, self.out_dir / f"{unique}.png", quantize)
+        figures.pyplot().close(fig)
+        return self._embedded(data, unique, caption)
+
+    def png(self, path: Path, name: str, caption: str) -> str:
+        """Copy an existing PNG (a benchmark's figure) beside the page and return it embedded, with its caption."""
+        unique = self._unique(name)
+        data = path.read_bytes()
+        write_bytes(self.out_dir / f"{unique}.png", data)
+        return self._embedded(data, unique, caption)
+
+    def _unique(self, name: str) -> str:
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "figure"
         unique, counter = stem, 1
         while f"{unique}.png" in self.figures:
             counter += 1
             unique = f"{stem}_{counter}"
-        data = figures.save(fig, self.out_dir / f"{unique}.png", quantize)
-        figures.pyplot().close(fig)
         self.figures.append(f"{unique}.png")
+        return unique
+
+    @staticmethod
+    def _embedded(data: bytes, unique: str, caption: str) -> str:
         encoded = base64.b64encode(data).decode("ascii")
         return (f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{encoded}'>"
                 f"<figcaption>{html.escape(caption)} <span class='meta'>({unique}.png)</span></figcaption></figure>")
@@ -92,6 +107,7 @@ def _results_section(collected: ReportInputs, page: _Page) -> str:
                 parts.append(page.figure(fig, f"bars_{source.name}",
                                          "Image AUROC (%) per task and method, mean over runs; error bars: ± std; "
                                          "dotted line: chance (50 %)."))
+        parts.extend(page.png(path, f"{source.name}_{path.stem}", caption) for path, caption in source.figures)
         parts.append(speed_html(source.speed))
     return "".join(parts)
 
