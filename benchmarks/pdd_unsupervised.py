@@ -44,7 +44,8 @@ from medad.models.factory import load_trained_model
 from medad.models.pdd import ABLATIONS, PDD, PDDConfig
 from medad.report.figures import comparison_figure, pyplot, save
 from medad.models.rd4ad import RD4AD
-from medad.results import BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std
+from medad.results import (BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std,
+                           speed_table)
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 ABLATION_TASKS = ["brainmri", "zhanglab"]
@@ -366,13 +367,7 @@ def figure_and_speed_lines(results: BenchmarkResults) -> list[str]:
         lines += ["", "## Heat maps, PDD vs RD4AD (the paper's Fig. 4–5)", ""]
         for entry in shown.values():
             lines += [f"![{entry['caption']}]({entry['file']})", "", entry["caption"] + ".", ""]
-    speed = results.data["speed"]
-    if speed:
-        lines += ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {s['what']} | {s['backbone']} | {s['batch_size']} | {s['images_per_second']:.1f} | "
-                  f"{s['peak_rss_mib']:.0f} |" for s in speed]
-    return lines
+    return lines + speed_table(results.data["speed"])
 
 
 def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:

@@ -24,7 +24,8 @@ from medad.engine.training import TrainConfig, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache
 from medad.models.rd4ad import RD4AD
-from medad.results import BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std
+from medad.results import (BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std,
+                           speed_table)
 
 TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
 PAPER_RD4AD = {"headct": 74.3, "zhanglab": 87.5, "brainmri": 80.9}  # PDD Table 1, RD4AD row (WRN-50, 256 px)
@@ -78,11 +79,8 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
                   "more than tumour (here it is inverted). The pixel metrics on the tumour slices are the meaningful "
                   "figures for this task."]
     speed = results.data["speed"]
+    lines += speed_table(speed)
     if speed:
-        lines += ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {s['what']} | {s['backbone']} | {s['batch_size']} | {s['images_per_second']:.1f} | "
-                  f"{s['peak_rss_mib']:.0f} |" for s in speed]
         by = {(s["what"], s["backbone"]): s["images_per_second"] for s in speed}
         for backbone in sorted({s["backbone"] for s in speed}):
             if ("train_step", backbone) in by and ("train_step_no_cache", backbone) in by:

@@ -186,6 +186,15 @@ def mean_std(values: Iterable[float], scale: float = 100.0) -> str:
     return f"{scale * float(np.mean(values)):.1f} ± {scale * float(np.std(values)):.1f}"
 
 
+def speed_table(speed: list[dict[str, Any]]) -> list[str]:
+    """Markdown lines of a one-class benchmark's speed records (:func:`add_one_class_speed`); none when empty."""
+    if not speed:
+        return []
+    return ["", "## Speed (same run)", "", "| what | backbone | batch | images/s | peak RSS MiB |", "|---|---|---|---|---|",
+            *(f"| {s['what']} | {s['backbone']} | {s['batch_size']} | {s['images_per_second']:.1f} | "
+              f"{s['peak_rss_mib']:.0f} |" for s in speed)]
+
+
 def group_records(records: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple, list[dict[str, Any]]]:
     groups: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for record in records:
