@@ -480,14 +480,7 @@ def main() -> int:
     unknown = set(folds) - set(args.tasks)
     if unknown:
         raise SystemExit(f"--folds {' '.join(sorted(unknown))} not among --tasks")
-    argv = sys.argv[1:]
-    if "--folds" in argv:  # the recorded command regenerates every fold
-        start = argv.index("--folds")
-        end = start + 1
-        while end < len(argv) and not argv[end].startswith("--"):
-            end += 1
-        argv = argv[:start] + argv[end:]
-    command = benchmark_command("fewshot_loo.py", argv)
+    command = benchmark_command("fewshot_loo.py", pieces=("--folds",))  # the recorded command regenerates every fold
     selected, lengths = selected_scoring(Path(args.selection), args.tasks)
     results = BenchmarkResults(args.name, command, keep=lambda record: is_current(record, selected, lengths))
     results.data["default_method"] = DEFAULT

@@ -42,7 +42,7 @@ from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache, stack_features
 from medad.models.factory import load_trained_model
 from medad.models.pdd import ABLATIONS, PDD, PDDConfig
-from medad.report.figures import comparison_figure, pyplot, save
+from medad.report.figures import comparison_figure, pyplot, save, training_curves_figure
 from medad.models.rd4ad import RD4AD
 from medad.results import (BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std,
                            speed_table)
@@ -69,6 +69,8 @@ PAPER_ABLATIONS = {
 }
 #: epochs of the training log kept in each record (evenly spaced, the last included)
 LOG_POINTS = 20
+#: options that only split the run between processes sharing the results file (left out of the recorded command)
+PIECES = ("--seeds", "--ablation-seeds", "--markdown-only")
 #: the PDD-vs-RD4AD heat-map figure per task: models of this seed; abnormal and normal test images shown
 FIGURE_SEED = 0
 FIGURE_IMAGES = {1: 4, 0: 2}
@@ -109,7 +111,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--name", default="pdd_unsupervised")
     parser.add_argument("--markdown-only", action="store_true",
-                        help="rewrite the .md from the .json (e.g. after several processes shared it); train nothing")
+                        help="rewrite the .md from the .json (e.g. after several processes shared it) and draw the "
+                        "figures still missing from trained run folders; train nothing")
     return parser.parse_args()
 
 
@@ -292,13 +295,22 @@ class Benchmark:
     def run_dir(self, method: str, train_tasks: list[str], seed: int) -> Path:
         return Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks) / f"{run_slug(method)}-seed{seed}"
 
-    def heatmaps(self, task: str) -> None:
-        """PDD's and RD4AD's heat maps on the same test images of ``task`` (the paper's Fig. 4–5), as a PNG beside
-        the results file and named in its ``figures`` section; skipped when present or a model is not trained."""
-        name = f"{self.args.name}_heatmaps_{task}.png"
-        path = Path(self.args.results_dir) / name
+    def figures(self, task: str) -> None:
+        """Figures of ``task``'s seed-:data:`FIGURE_SEED` models, as PNGs beside the results file named in its
+        ``figures`` section: PDD's and RD4AD's heat maps on the same test images (the paper's Fig. 4–5) and PDD's
+        per-term training curves.  Skipped when present or a model is not trained yet."""
         runs = {method: self.run_dir(method, [task], FIGURE_SEED) for method in ("pdd", "rd4ad")}
-        if path.is_file() or not all(self.results.has(method=method, task=task, seed=FIGURE_SEED) for method in runs):
+        if not all(self.results.has(method=method, task=task, seed=FIGURE_SEED) for method in runs):
+            return
+        curves = Path(self.args.results_dir) / f"{self.args.name}_curves_{task}.png"
+        if not curves.is_file():
+            per_epoch = json.loads((runs["pdd"] / "train_log.json").read_text())["per_epoch"]
+            self.save_figure(f"{task}-curves", curves, training_curves_figure(per_epoch, f"{task}: PDD seed {FIGURE_SEED}"),
+                             f"{task}: PDD (2t2s) training, seed {FIGURE_SEED}: each loss term in units of its value at "
+                             "initialisation (the weighted total dashed) and each student's relative error per stage on "
+                             "a fixed batch of training images")
+        heatmaps = Path(self.args.results_dir) / f"{self.args.name}_heatmaps_{task}.png"
+        if heatmaps.is_file():
             return
         _, test, labels, masks = self.task_data(task)
         rows = shown_rows(labels)
@@ -310,13 +322,15 @@ class Benchmark:
         has_masks = bool(masks[rows].any())
         fig = comparison_figure(test[rows].numpy(), maps, [labels[i] for i in rows],
                                 masks[rows, 0].numpy() if has_masks else None, f"{task}: PDD vs RD4AD, seed {FIGURE_SEED}")
+        self.save_figure(task, heatmaps, fig, f"{task}: heat maps of PDD (2t2s) and RD4AD, seed {FIGURE_SEED}, on the "
+                         f"same test images ({FIGURE_IMAGES[1]} abnormal, {FIGURE_IMAGES[0]} normal, evenly spaced in the "
+                         "test list, not chosen by score); one colour scale per model (its 1st–99th percentile over "
+                         "these images)" + ("; ground truth: the tumour mask" if has_masks else ""))
+
+    def save_figure(self, key: str, path: Path, fig, caption: str) -> None:
         save(fig, path, quantize=True)
         pyplot().close(fig)
-        self.results.data.setdefault("figures", {})[task] = {
-            "file": name, "caption": f"{task}: heat maps of PDD (2t2s) and RD4AD, seed {FIGURE_SEED}, on the same "
-            f"test images ({FIGURE_IMAGES[1]} abnormal, {FIGURE_IMAGES[0]} normal, evenly spaced in the test list, "
-            "not chosen by score); one colour scale per model (its 1st–99th percentile over these images)"
-            + ("; ground truth: the tumour mask" if has_masks else "")}
+        self.results.data.setdefault("figures", {})[key] = {"file": path.name, "caption": caption}
         self.results.save()
 
     def record(self, method: str, task: str, train_tasks: list[str], seed: int, model: torch.nn.Module,
@@ -364,7 +378,7 @@ def figure_and_speed_lines(results: BenchmarkResults) -> list[str]:
     lines: list[str] = []
     shown = results.data.get("figures", {})
     if shown:
-        lines += ["", "## Heat maps, PDD vs RD4AD (the paper's Fig. 4–5)", ""]
+        lines += ["", "## Figures: PDD vs RD4AD heat maps (the paper's Fig. 4–5) and PDD's training curves", ""]
         for entry in shown.values():
             lines += [f"![{entry['caption']}]({entry['file']})", "", entry["caption"] + ".", ""]
     return lines + speed_table(results.data["speed"])
@@ -449,13 +463,15 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
 def main() -> int:
     args = parse_args()
     options = model_options(args.model_option)
-    results = BenchmarkResults(args.name, benchmark_command("pdd_unsupervised.py"), directory=args.results_dir)
+    results = BenchmarkResults(args.name, benchmark_command("pdd_unsupervised.py", pieces=PIECES), directory=args.results_dir)
     results.data["selection"] = selection(args, options)
+    bench = Benchmark(args, results, options)
     if args.markdown_only:
+        for task in args.tasks:
+            bench.figures(task)
         chosen = results.data.get("lambda_div_selection", {}).get("chosen")
         results.write_markdown(markdown(results, args, {**options, "lambda_div": chosen} if chosen else options))
         return 0
-    bench = Benchmark(args, results, options)
     chosen = bench.select_lambda_div()
     if chosen is not None:
         bench.options = options = {**options, "lambda_div": chosen}
@@ -469,7 +485,7 @@ def main() -> int:
         for task in args.tasks:
             for method in ("pdd", "rd4ad"):
                 bench.run(method, [task], [task], seed, args.steps)
-            bench.heatmaps(task)
+            bench.figures(task)
             if seed in args.ablation_seeds and task in (args.ablation_tasks or []):
                 for row in args.ablations:
                     bench.run(f"pdd[{row}]", [task], [task], seed, args.steps)

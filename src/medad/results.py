@@ -40,11 +40,26 @@ def record_identity(record: dict[str, Any]) -> str:
     return json.dumps([record.get(k) for k in RECORD_KEY])
 
 
-def benchmark_command(script: str, argv: list[str] | None = None, environment: str = "") -> str:
+def benchmark_command(script: str, argv: list[str] | None = None, environment: str = "",
+                      pieces: tuple[str, ...] = ()) -> str:
     """'python benchmarks/<script> <arguments>' (``environment``, e.g. 'OMP_NUM_THREADS=1', in front): the
-    command a result file records, and by which a re-run resumes it."""
-    arguments = shlex.join(sys.argv[1:] if argv is None else argv)
+    command a result file records, and by which a re-run resumes it.
+
+    ``pieces``: options that only split the work between processes sharing one results file (``--folds``,
+    ``--seeds``…); they are left out with their values, so every piece records the command that regenerates it all.
+    """
+    arguments = shlex.join(_without_options(sys.argv[1:] if argv is None else argv, pieces))
     return " ".join(part for part in (environment, "python", f"benchmarks/{script}", arguments) if part)
+
+
+def _without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    kept, skipping = [], False
+    for arg in argv:
+        if arg.startswith("--"):
+            skipping = arg.split("=", 1)[0] in names
+        if not skipping:
+            kept.append(arg)
+    return kept
 
 
 def read_records(name: str, directory: str | Path = RESULTS_DIR) -> list[dict[str, Any]]:

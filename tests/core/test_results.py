@@ -11,6 +11,9 @@ def test_the_command_line_is_the_script_and_its_quoted_arguments():
         "python benchmarks/rd4ad_unsupervised.py --tasks headct 'a b'"
     assert benchmark_command("export_latency.py", ["--threads", "1"], environment="OMP_NUM_THREADS=1") == \
         "OMP_NUM_THREADS=1 python benchmarks/export_latency.py --threads 1"
+    # options that only split the work between processes are not part of the command that regenerates it all
+    assert benchmark_command("pdd.py", ["--seeds", "2", "1", "--ablation-seeds", "--steps", "5", "--seeds=3"],
+                             pieces=("--seeds", "--ablation-seeds")) == "python benchmarks/pdd.py --steps 5"
 
 
 def test_records_of_another_benchmark(tmp_path):

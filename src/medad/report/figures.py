@@ -386,3 +386,30 @@ def comparison_figure(images: np.ndarray, maps: dict[str, np.ndarray], labels: l
         fig.suptitle(title, fontsize=12)
     fig.tight_layout()
     return fig
+
+
+def training_curves_figure(per_epoch: list[dict[str, Any]], title: str = ""):
+    """Per-term loss curves and each student's relative error per epoch, from a training log's ``per_epoch``
+    entries (``loss_<term>`` with ``loss_units``, ``relative_error``: student → per-stage values)."""
+    plt = pyplot()
+    epochs = [entry["epoch"] for entry in per_epoch]
+    units = per_epoch[0].get("loss_units", {})
+    fig, (terms, errors) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for key in sorted(k for k in per_epoch[0] if k.startswith("loss_") and k not in ("loss_units", "loss_total")):
+        unit = units.get(key[len("loss_"):], 1.0)
+        terms.plot(epochs, [entry[key] / unit for entry in per_epoch], label=key[len("loss_"):])
+    if "loss_total" in per_epoch[0]:
+        terms.plot(epochs, [entry["loss_total"] for entry in per_epoch], "k--", label="total (Eq. 9, weighted)")
+    terms.set(xlabel="epoch", ylabel="term / its unit" if units else "loss", yscale="log", title="loss terms")
+    terms.legend()
+    for student in per_epoch[0].get("relative_error", {}):
+        values = np.array([entry["relative_error"][student] for entry in per_epoch])
+        for stage in range(values.shape[1]):
+            errors.plot(epochs, values[:, stage], label=f"{student} stage {stage + 1}",
+                        linestyle=("-", "--", ":")[stage % 3], color="C0" if student == "s1" else "C3")
+    errors.set(xlabel="epoch", ylabel="error energy / target energy", ylim=(0, None), title="relative error")
+    errors.legend(fontsize=8, ncol=2)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
