@@ -169,8 +169,8 @@ def test_figures_named_by_a_results_file_are_embedded_and_missing_ones_noted(tmp
     path.write_text(json.dumps(data))
     report = build_report([path], tmp_path / "out")
     page = report.path.read_text()
-    assert "tiny_tiny_heatmaps_headct.png" in report.figures and "A vs B" in page
-    assert (tmp_path / "out" / "tiny_tiny_heatmaps_headct.png").read_bytes() == (
+    assert "tiny_heatmaps_headct.png" in report.figures and "A vs B" in page
+    assert (tmp_path / "out" / "tiny_heatmaps_headct.png").read_bytes() == (
         tmp_path / "tiny_heatmaps_headct.png").read_bytes()
     assert len(_embedded_pngs(page)) == len(report.figures) == 2  # bars + the named figure
     assert any("absent.png" in note and "not found" in note for note in report.notes)

@@ -107,7 +107,7 @@ def _results_section(collected: ReportInputs, page: _Page) -> str:
                 parts.append(page.figure(fig, f"bars_{source.name}",
                                          "Image AUROC (%) per task and method, mean over runs; error bars: ± std; "
                                          "dotted line: chance (50 %)."))
-        parts.extend(page.png(path, f"{source.name}_{path.stem}", caption) for path, caption in source.figures)
+        parts.extend(page.png(path, path.stem, caption) for path, caption in source.figures)
         parts.append(speed_html(source.speed))
     return "".join(parts)
 
