@@ -268,13 +268,14 @@ class Benchmark:
         report.update(chosen=args.lambda_div_grid[-1], rule="no candidate converged: the smallest is used")
         return args.lambda_div_grid[-1]
 
-    def done(self, method: str, tasks: list[str], seed: int) -> bool:
-        return all(self.results.has(method=method, task=task, seed=seed, image_size=self.args.image_size)
-                   for task in tasks)
+    def done(self, method: str, task: str, seed: int, steps: int) -> bool:
+        """Whether ``method`` trained with this seed, image size and step budget has a record on ``task`` (a record
+        of another budget, e.g. an earlier run's, is not reused)."""
+        return self.results.has(method=method, task=task, seed=seed, image_size=self.args.image_size, steps=steps)
 
     def run(self, method: str, train_tasks: list[str], eval_tasks: list[str], seed: int, steps: int) -> None:
         """Train ``method`` on the union of ``train_tasks`` (resuming its run folder) and record each eval task."""
-        if self.done(method, eval_tasks, seed):
+        if all(self.done(method, task, seed, steps) for task in eval_tasks):
             return
         images = torch.cat([self.task_data(task)[0] for task in train_tasks])
         seed_everything(seed)
@@ -287,7 +288,7 @@ class Benchmark:
                                      desc=f"{method} {'+'.join(train_tasks)} s{seed}", train_tasks=train_tasks)
         RunFolder(run_dir).write_train_log(trained.epochs_done, trained.history, trained.train_seconds, trained.log)
         for task in eval_tasks:
-            if self.results.has(method=method, task=task, seed=seed, image_size=self.args.image_size):
+            if self.done(method, task, seed, steps):
                 continue
             self.record(method, task, train_tasks, seed, model, trained, backbone, len(images), steps,
                         time.perf_counter() - started)

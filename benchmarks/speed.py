@@ -450,8 +450,7 @@ def export_latency_section(path: Path = EXPORT_LATENCY) -> list[str]:
 
 def main() -> int:
     args = parse_args()
-    argv = [arg for arg in sys.argv[1:] if arg != "--markdown-only"]
-    command = benchmark_command("speed.py", argv)
+    command = benchmark_command("speed.py", pieces=("--markdown-only",))
     if args.markdown_only:
         results = BenchmarkResults(args.name, command, resume=False)
         saved = json.loads(results.path.read_text()) if results.path.is_file() else {}
