@@ -5,8 +5,14 @@ Regenerate:  python benchmarks/pdd_unsupervised.py
 Writes benchmarks/results/pdd_unsupervised.json (+ .md).  Resumable, so it can run in pieces: re-running the
 same command skips the records already written, and a training that was cut off continues from its last finished
 epoch (run folders under --runs, teacher features cached under --cache).  Several processes may share the results
-file once λ_div is chosen (e.g. ``--seeds 0`` beside ``--seeds 2 1 --ablation-seeds``); ``--markdown-only`` then
-rewrites the .md from everything they recorded.
+file once λ_div and the student input are chosen (e.g. ``--seeds 0`` beside ``--seeds 2 1 --ablation-seeds``);
+``--markdown-only`` then rewrites the .md from everything they recorded.  Each process runs the main rows of its
+seeds first, then its ablations, then its multi-class runs.
+
+Selection, on normal training images only: λ_div (both students converge on a held-out fifth), then PDD's student
+input (``unified`` = f_t, the paper's reading, or ``ocbe`` = RD4AD's multi-scale fusion of the InA targets and f_t)
+by how well the 2t2s model separates that held-out fifth from the same images with synthetic anomalies pasted in.
+PDD records of another student input than the chosen one (earlier runs) stay in the file and are shown as such.
 
 Rows (records; ``method`` names the row):
 * ``pdd`` (the 2t2s model) and ``rd4ad`` on every task, --seeds (≥ 3);
@@ -26,6 +32,9 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +42,22 @@ import torch
 
 from medad.backbones import build_teacher
 from medad.backbones.pair import build_teacher_pair
+from medad.data.synthetic import pasted_anomalies
 from medad.data.tasks import load_task
 from medad.engine.evaluate import evaluate_images
 from medad.data.images import load_images
-from medad.engine.run_folder import RunFolder
+from medad.engine.run_folder import RunFolder, RunFolderError
 from medad.engine.training import TrainConfig, TrainResult, seed_everything
 from medad.engine.unsupervised import train_unsupervised
 from medad.features import FeatureCache, stack_features
 from medad.models.factory import load_trained_model
-from medad.models.pdd import ABLATIONS, PDD, PDDConfig
+from medad.models.pdd import ABLATIONS, PDD, STUDENT_INPUTS, PDDConfig
 from medad.report.figures import comparison_figure, pyplot, save, training_curves_figure
 from medad.models.rd4ad import RD4AD
 from medad.results import (BenchmarkResults, add_one_class_speed, benchmark_command, group_records, mean_std,
                            speed_table)
 
-TASKS = ["headct", "brainmri", "zhanglab", "nih_cxr", "brats_slices"]
+TASKS = ["headct", "brainmri", "zhanglab", "brats_slices", "nih_cxr"]
 ABLATION_TASKS = ["brainmri", "zhanglab"]
 ABLATION_ROWS = ["1t1s", "2t1s", "2t1s+mpa", "s-s-map", "s-s-map+no-div", "no-div"]
 MULTICLASS_TASKS = ["headct", "brainmri", "zhanglab"]
@@ -70,10 +80,14 @@ PAPER_ABLATIONS = {
 #: epochs of the training log kept in each record (evenly spaced, the last included)
 LOG_POINTS = 20
 #: options that only split the run between processes sharing the results file (left out of the recorded command)
-PIECES = ("--seeds", "--ablation-seeds", "--markdown-only")
+PIECES = ("--seeds", "--ablation-seeds", "--parts", "--markdown-only")
+#: the benchmark's parts, in the order a process runs them
+PARTS = ("main", "ablations", "multi-class", "speed")
 #: the PDD-vs-RD4AD heat-map figure per task: models of this seed; abnormal and normal test images shown
 FIGURE_SEED = 0
 FIGURE_IMAGES = {1: 4, 0: 2}
+#: the synthetic-anomaly AUROC gain by which another student input must beat the paper's reading to replace it
+SELECTION_MARGIN = 0.005
 
 
 def parse_args() -> argparse.Namespace:
@@ -99,6 +113,9 @@ def parse_args() -> argparse.Namespace:
                              "converge on held-out normal training images is used (none: the configured λ_div)")
     parser.add_argument("--selection-tasks", nargs="*", default=ABLATION_TASKS,
                         help="tasks whose normal training images (4/5 fit, 1/5 held out) select λ_div")
+    parser.add_argument("--student-input-grid", nargs="*", default=["unified", "ocbe"],
+                        help="student inputs (PDDConfig.student_input), the paper's reading first; chosen after λ_div by "
+                             "synthetic anomalies pasted into held-out normals of --selection-tasks (none: configured)")
     parser.add_argument("--selection-tolerance", type=float, default=1.25,
                         help="a student converged when its held-out relative error ≤ this × its error trained alone")
     parser.add_argument("--model-option", action="append", default=[], metavar="KEY=VALUE",
@@ -110,6 +127,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache", default="benchmarks/.cache", help="teacher-feature cache")
     parser.add_argument("--results-dir", default="benchmarks/results")
     parser.add_argument("--name", default="pdd_unsupervised")
+    parser.add_argument("--parts", nargs="+", default=list(PARTS), choices=PARTS,
+                        help="what this process runs, in this order: the main rows task by task, the ablations, the "
+                             "multi-class runs, the speed records (run speed alone: it times this machine). Processes "
+                             "running the same parts share their rows: each trains the next row no other one holds")
     parser.add_argument("--markdown-only", action="store_true",
                         help="rewrite the .md from the .json (e.g. after several processes shared it) and draw the "
                         "figures still missing from trained run folders; train nothing")
@@ -144,6 +165,11 @@ def selection(args: argparse.Namespace, options: dict) -> dict[str, str]:
         f"to terms in units of their value at initialisation (loss_normalisation={config.loss_normalisation}; "
         f"docs/METHODS.md, PDD){given}",
         "lambda_div": lambda_div,
+        "student_input": (f"chosen after λ_div on synthetic anomalies pasted into the same held-out normal training "
+                          f"images: {args.student_input_grid[0]} (the paper's reading) unless another of "
+                          f"{args.student_input_grid} separates them better by ≥ {SELECTION_MARGIN:.3f} mean image "
+                          "AUROC, see student_input_selection" if args.student_input_grid
+                          else f"fixed in advance: {config.student_input}{given}"),
         "tau_low, tau_high": f"fixed in advance: {config.tau_low} / {config.tau_high} (the paper's), low = the first "
         f"{config.div_low_layers} stage(s){given}",
         "steps": f"fixed in advance: {args.steps} Adam steps per run, the same for PDD and RD4AD; multi-class runs "
@@ -172,6 +198,34 @@ def shown_rows(labels: list[int]) -> list[int]:
         positions = [i for i, value in enumerate(labels) if value == label]
         rows += [positions[round(j)] for j in np.linspace(0, len(positions) - 1, min(count, len(positions)))]
     return rows
+
+
+@contextmanager
+def claimed(run_dir: Path, label: str) -> Iterator[bool]:
+    """Hold ``run_dir``'s lock for the block (True), or yield False at once when another live process holds it, so
+    that processes running the same command share its rows."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hold = RunFolder(run_dir).locked(f"pdd_unsupervised.py {label}")
+    try:
+        hold.__enter__()
+    except RunFolderError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        hold.__exit__(None, None, None)
+
+
+def row_name(method: str, student_input: str | None, chosen_input: str) -> str:
+    """A table row's name: the method, with the student input appended for PDD rows of another input than the
+    chosen one (earlier runs, kept for comparison)."""
+    return method if student_input in (None, chosen_input) else f"{method} ({student_input} input)"
+
+
+def input_of(record: dict) -> str | None:
+    """A record's PDD student input (None for RD4AD)."""
+    return record["config"].get("student_input", "unified") if record["method"].startswith("pdd") else None
 
 
 def convergence(log: list[dict]) -> dict:
@@ -218,15 +272,27 @@ class Benchmark:
         if method.startswith("rd4ad"):
             return (RD4AD(self.rd4ad_cache.teacher), self.rd4ad_cache,
                     TrainConfig(batch_size=args.batch_size, lr=args.rd4ad_lr), self.rd4ad_cache.teacher.name)
-        row = method[len("pdd["):-1] if method.startswith("pdd[") and method != "pdd[multi-class]" else "2t2s"
-        config = PDDConfig.ablation(row, **self.options)
+        config = self.pdd_config(method)
         cache = self.pdd_cache if config.dual_teacher else self.first_cache
         model = PDD(cache.teacher, config)
         return model, cache, TrainConfig(batch_size=args.batch_size, lr=args.lr, cosine_schedule=True), model.meta()["teacher"]
 
-    def heldout_errors(self, task: str, row: str, overrides: dict, steps: int) -> dict[str, float]:
-        """Train ``row`` on 4/5 of ``task``'s normal training images (seed 0, resumable) and return each student's
-        relative error on the other 1/5, averaged over stages."""
+    def pdd_config(self, method: str) -> PDDConfig:
+        row = method[len("pdd["):-1] if method.startswith("pdd[") and method != "pdd[multi-class]" else "2t2s"
+        return PDDConfig.ablation(row, **self.options)
+
+    def training_twin(self, method: str) -> str | None:
+        """The main or ablation row trained exactly like ``method`` (same seed, same config but the score map, which
+        acts only at inference), whose weights ``method`` is scored with; None if there is none."""
+        if not method.startswith("pdd[") or method == "pdd[multi-class]":
+            return None
+        trained_like = {**asdict(self.pdd_config(method)), "score_map": PDDConfig.score_map}
+        return next((other for other in ["pdd", *(f"pdd[{row}]" for row in ABLATIONS)]
+                     if other != method and asdict(self.pdd_config(other)) == trained_like), None)
+
+    def heldout_model(self, task: str, row: str, overrides: dict, steps: int) -> tuple[PDD, torch.Tensor]:
+        """Train ``row`` on 4/5 of ``task``'s normal training images (seed 0, resumable); return it (in eval mode)
+        with the other 1/5, never trained on."""
         train = self.task_data(task)[0]
         heldout = torch.arange(len(train)) % 5 == 4
         seed_everything(0)
@@ -235,12 +301,53 @@ class Benchmark:
         model = PDD(self.pdd_cache.teacher, config)
         train_config = TrainConfig(batch_size=self.args.batch_size, lr=self.args.lr, cosine_schedule=True, seed=0)
         train_config.epochs = max(1, round(steps / -(-int((~heldout).sum()) // train_config.batch_size)))
-        label = row + "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
+        defaults = asdict(PDDConfig())
+        label = row + "".join(f"-{k}={v}" for k, v in sorted(options.items()) if v != defaults[k])
         train_unsupervised(model, train[~heldout], train_config, cache=self.pdd_cache, resume=True,
                            out_dir=Path(self.args.runs) / "selection" / Path(task).name / label, desc=f"select {label}")
-        model.eval()
-        features = stack_features(self.pdd_cache, train[heldout])
+        return model.eval(), train[heldout]
+
+    def heldout_errors(self, task: str, row: str, overrides: dict, steps: int) -> dict[str, float]:
+        """Each student's relative error on ``task``'s held-out normals (:meth:`heldout_model`), mean over stages."""
+        model, heldout = self.heldout_model(task, row, overrides, steps)
+        features = stack_features(self.pdd_cache, heldout)
         return {name: float(np.mean(values)) for name, values in model.relative_errors(features).items()}
+
+    def synthetic_metrics(self, task: str, overrides: dict, steps: int) -> dict[str, float]:
+        """Image and pixel AUROC of the 2t2s model (:meth:`heldout_model`) separating ``task``'s held-out normals
+        from the same images with one synthetic anomaly each (``medad.data.synthetic``); no test image is used."""
+        model, heldout = self.heldout_model(task, "2t2s", overrides, steps)
+        anomalous, masks, _ = pasted_anomalies(heldout, seed=0)
+        images = torch.cat([heldout, anomalous])
+        evaluation = evaluate_images(model.predict, images, [0] * len(heldout) + [1] * len(heldout),
+                                     torch.cat([torch.zeros_like(masks), masks]), batch_size=32)
+        return {"image_auroc": evaluation.metrics["image_auroc"], "pixel_auroc": evaluation.metrics["pixel_auroc"],
+                "n_heldout": len(heldout)}
+
+    def select_student_input(self) -> str | None:
+        """The student input (``student_input``) of the grid whose 2t2s model, at the chosen λ_div, best separates
+        held-out normals from synthetic anomalies on the selection tasks (mean image AUROC); a candidate must beat
+        the first (the paper's reading) by :data:`SELECTION_MARGIN` to replace it.  None when the grid is empty."""
+        args = self.args
+        if not args.student_input_grid:
+            return None
+        report = self.results.data.setdefault("student_input_selection", {"tasks": {}})
+        means = {}
+        for candidate in args.student_input_grid:
+            for task in args.selection_tasks:
+                entry = report["tasks"].setdefault(task, {})
+                if candidate not in entry:
+                    entry[candidate] = self.synthetic_metrics(task, {"student_input": candidate}, args.steps)
+                    self.results.save()
+            means[candidate] = float(np.mean([report["tasks"][t][candidate]["image_auroc"] for t in args.selection_tasks]))
+        first = args.student_input_grid[0]
+        best = max(means, key=means.get)
+        chosen = best if means[best] >= means[first] + SELECTION_MARGIN else first
+        report.update(mean_image_auroc=means, chosen=chosen,
+                      rule=f"highest mean synthetic-anomaly image AUROC over {', '.join(args.selection_tasks)}; "
+                      f"{first} unless another beats it by ≥ {SELECTION_MARGIN:.3f}")
+        self.results.save()
+        return chosen
 
     def select_lambda_div(self) -> float | None:
         """The largest λ_div of the grid with which both students converge on every selection task's held-out
@@ -269,49 +376,64 @@ class Benchmark:
         return args.lambda_div_grid[-1]
 
     def done(self, method: str, task: str, seed: int, steps: int) -> bool:
-        """Whether ``method`` trained with this seed, image size and step budget has a record on ``task`` (a record
-        of another budget, e.g. an earlier run's, is not reused)."""
-        return self.results.has(method=method, task=task, seed=seed, image_size=self.args.image_size, steps=steps)
+        """Whether ``method`` trained with this seed, image size and step budget (and, for PDD, student input) has a
+        record on ``task`` (a record of another budget or input, e.g. an earlier run's, is not reused)."""
+        key = {"method": method, "task": task, "seed": seed, "image_size": self.args.image_size, "steps": steps}
+        return any(all(record.get(k) == v for k, v in key.items()) and input_of(record) == self.input_for(method)
+                   for record in self.results.records)
 
-    def run(self, method: str, train_tasks: list[str], eval_tasks: list[str], seed: int, steps: int) -> None:
-        """Train ``method`` on the union of ``train_tasks`` (resuming its run folder) and record each eval task."""
+    def run(self, method: str, train_tasks: list[str], eval_tasks: list[str], seed: int, steps: int) -> bool:
+        """Train ``method`` on the union of ``train_tasks`` (resuming its run folder) and record each eval task.
+
+        False when another process holds the run folder (it trains and records this row; this one goes on)."""
+        self.results.refresh()  # rows other processes recorded meanwhile
         if all(self.done(method, task, seed, steps) for task in eval_tasks):
-            return
-        images = torch.cat([self.task_data(task)[0] for task in train_tasks])
-        seed_everything(seed)
-        model, cache, config, backbone = self.build(method)
-        config.seed = seed
-        config.epochs = max(1, round(steps / -(-len(images) // config.batch_size)))
-        run_dir = self.run_dir(method, train_tasks, seed)
-        started = time.perf_counter()
-        trained = train_unsupervised(model, images, config, out_dir=run_dir, resume=True, cache=cache,
-                                     desc=f"{method} {'+'.join(train_tasks)} s{seed}", train_tasks=train_tasks)
-        RunFolder(run_dir).write_train_log(trained.epochs_done, trained.history, trained.train_seconds, trained.log)
-        for task in eval_tasks:
-            if self.done(method, task, seed, steps):
-                continue
-            self.record(method, task, train_tasks, seed, model, trained, backbone, len(images), steps,
-                        time.perf_counter() - started)
+            return True
+        twin = self.training_twin(method)
+        if twin is not None and not self.run(twin, train_tasks, eval_tasks, seed, steps):
+            return False  # the twin (whose weights this row scores with its own map) is still being trained
+        run_dir = self.run_dir(twin or method, train_tasks, seed)
+        with claimed(run_dir, f"{method} {'+'.join(train_tasks)} seed {seed}") as mine:
+            if not mine:
+                return False
+            images = torch.cat([self.task_data(task)[0] for task in train_tasks])
+            seed_everything(seed)
+            model, cache, config, backbone = self.build(method)
+            config.seed = seed
+            config.epochs = max(1, round(steps / -(-len(images) // config.batch_size)))
+            started = time.perf_counter()
+            trained = train_unsupervised(model, images, config, out_dir=run_dir, resume=True, cache=cache,
+                                         desc=f"{method} {'+'.join(train_tasks)} s{seed}", train_tasks=train_tasks)
+            RunFolder(run_dir).write_train_log(trained.epochs_done, trained.history, trained.train_seconds, trained.log)
+            self.results.refresh()  # another process may have recorded rows meanwhile
+            for task in eval_tasks:
+                if not self.done(method, task, seed, steps):
+                    self.record(method, task, train_tasks, seed, model, trained, backbone, len(images), steps,
+                                time.perf_counter() - started, weights_of=twin)
+        return True
 
     def run_dir(self, method: str, train_tasks: list[str], seed: int) -> Path:
-        return Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks) / f"{run_slug(method)}-seed{seed}"
+        """A row's run folder; a PDD row with another student input than the paper's reading gets its own."""
+        suffix = "" if self.input_for(method) in (None, "unified") else f"-{self.input_for(method)}"
+        return (Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks)
+                / f"{run_slug(method)}-seed{seed}{suffix}")
 
     def figures(self, task: str) -> None:
         """Figures of ``task``'s seed-:data:`FIGURE_SEED` models, as PNGs beside the results file named in its
         ``figures`` section: PDD's and RD4AD's heat maps on the same test images (the paper's Fig. 4–5) and PDD's
         per-term training curves.  Skipped when present or a model is not trained yet."""
         runs = {method: self.run_dir(method, [task], FIGURE_SEED) for method in ("pdd", "rd4ad")}
-        if not all(self.results.has(method=method, task=task, seed=FIGURE_SEED) for method in runs):
+        if not all(self.done(method, task, FIGURE_SEED, self.args.steps) for method in runs):
             return
         curves = Path(self.args.results_dir) / f"{self.args.name}_curves_{task}.png"
-        if not curves.is_file():
+        if not self.figure_current(f"{task}-curves", curves):
             per_epoch = json.loads((runs["pdd"] / "train_log.json").read_text())["per_epoch"]
             self.save_figure(f"{task}-curves", curves, training_curves_figure(per_epoch, f"{task}: PDD seed {FIGURE_SEED}"),
                              f"{task}: PDD (2t2s) training, seed {FIGURE_SEED}: each loss term in units of its value at "
                              "initialisation (the weighted total dashed) and each student's relative error per stage on "
                              "a fixed batch of training images")
         heatmaps = Path(self.args.results_dir) / f"{self.args.name}_heatmaps_{task}.png"
-        if heatmaps.is_file():
+        if self.figure_current(task, heatmaps):
             return
         _, test, labels, masks = self.task_data(task)
         rows = shown_rows(labels)
@@ -328,14 +450,28 @@ class Benchmark:
                          "test list, not chosen by score); one colour scale per model (its 1st–99th percentile over "
                          "these images)" + ("; ground truth: the tumour mask" if has_masks else ""))
 
+    def student_input(self) -> str:
+        return self.options.get("student_input", "unified")
+
+    def input_for(self, method: str) -> str | None:
+        """The student input of ``method``'s runs (None for RD4AD)."""
+        return self.student_input() if method.startswith("pdd") else None
+
+    def figure_current(self, key: str, path: Path) -> bool:
+        """Whether figure ``key`` exists and shows PDD with the current student input."""
+        entry = self.results.data.get("figures", {}).get(key, {})
+        return path.is_file() and entry.get("student_input", "unified") == self.student_input()
+
     def save_figure(self, key: str, path: Path, fig, caption: str) -> None:
         save(fig, path, quantize=True)
         pyplot().close(fig)
-        self.results.data.setdefault("figures", {})[key] = {"file": path.name, "caption": caption}
+        self.results.data.setdefault("figures", {})[key] = {"file": path.name, "caption": caption,
+                                                            "student_input": self.student_input()}
         self.results.save()
 
     def record(self, method: str, task: str, train_tasks: list[str], seed: int, model: torch.nn.Module,
-               trained: TrainResult, backbone: str, n_train: int, steps: int, seconds: float) -> None:
+               trained: TrainResult, backbone: str, n_train: int, steps: int, seconds: float,
+               weights_of: str | None = None) -> None:
         _, test, labels, masks = self.task_data(task)
         evaluation = evaluate_images(model.predict, test, labels, masks, batch_size=32)
         self.results.add_record({
@@ -343,7 +479,9 @@ class Benchmark:
             "image_size": self.args.image_size, "k": None, "seed": seed, "support_draw": None, **evaluation.metrics,
             "train_seconds": trained.train_seconds, "wall_seconds": seconds, "epochs": trained.epochs_done,
             "steps": steps, "n_train": n_train, "final_loss": trained.history[-1], "config": model.meta().get("config"),
-            "convergence": convergence(trained.log)})
+            "convergence": convergence(trained.log), **({"weights_of": weights_of} if weights_of else {}),
+            # part of the record's identity (medad.results.RECORD_KEY): rows of two student inputs are kept apart
+            **({"selection": f"student_input={self.input_for(method)}"} if self.input_for(method) else {})})
         print(f"{method} {task} seed {seed}: AUROC {evaluation.metrics['image_auroc']:.4f} "
               f"({trained.epochs_done} epochs, {trained.train_seconds:.0f} s)", flush=True)
 
@@ -385,29 +523,9 @@ def figure_and_speed_lines(results: BenchmarkResults) -> list[str]:
     return lines + speed_table(results.data["speed"])
 
 
-def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:
-    first, second = args.teachers.split("+")
-    groups = group_records(results.records, ("method", "task"))
-    image = ("image_auroc", "image_ap", "image_f1max")
-    lines = [f"# PDD vs RD4AD, unsupervised — teachers `{first}` (teacher 1) + `{second}` (teacher 2), ImageNet, "
-             f"offline, {args.image_size} px", "",
-             f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
-             f"Training: {args.steps} Adam steps per run for both methods (batch {args.batch_size}); PDD lr {args.lr:g} "
-             f"with cosine annealing, loss Eq. 9 with each term in units of its value at initialisation; RD4AD "
-             f"(teacher `{first}`) lr {args.rd4ad_lr:g}. Image score = max of the σ=4 smoothed map. Mean ± std over "
-             "seeds." + (f" PDD model options: `{json.dumps(options)}`." if options else ""), "",
-             "How each setting was chosen (no test label was used): "
-             + "; ".join(f"**{k}**: {v}" for k, v in results.data["selection"].items()), "",
-             "| task | n normal / abnormal | method | seeds | epochs | AUROC | AP | F1-max | pixel AUROC | pixel AUPRO "
-             "| paper AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for task in args.tasks:
-        for method, paper in (("pdd", PAPER_PDD), ("rd4ad", PAPER_RD4AD)):
-            records = groups.get((method, task))
-            if records:
-                lines.append(f"| {PAPER_NAMES.get(task, task)} | {records[0]['n_test_normal']} / "
-                             f"{records[0]['n_test_abnormal']} | {method} | {len(records)} | {records[0]['epochs']} | "
-                             f"{metric_cells(records, image + ('pixel_auroc', 'pixel_aupro'))} | "
-                             f"{paper.get(task, '—')} |")
+def selection_lines(results: BenchmarkResults, args: argparse.Namespace) -> list[str]:
+    """The markdown's sections on the settings chosen on held-out normals: λ_div, then the student input."""
+    lines: list[str] = []
     chosen = results.data.get("lambda_div_selection", {})
     if chosen.get("tasks"):
         lines += ["", f"## λ_div chosen on held-out normal training images: **{chosen.get('chosen', '—')}** "
@@ -422,6 +540,55 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
                      if f"{c:g}" in entry.get("candidates", {}) else "—" for c in args.lambda_div_grid]
             lines.append(f"| {PAPER_NAMES.get(task, task)} | {alone.get('s1', float('nan')):.3f} | "
                          f"{alone.get('s2', float('nan')):.3f} | " + " | ".join(cells) + " |")
+    inputs = results.data.get("student_input_selection", {})
+    if inputs.get("tasks"):
+        lines += ["", f"## Student input chosen on synthetic anomalies in held-out normals: **{inputs.get('chosen', '—')}**",
+                  "", f"Rule: {inputs.get('rule', 'in progress')}. Each candidate is the 2t2s model at the chosen λ_div "
+                  "trained on 4/5 of the task's normal training images (seed 0, the λ_div selection's runs); it scores "
+                  "the held-out fifth and the same images with one synthetic anomaly each (`medad.data.synthetic`: "
+                  "a region of another held-out normal pasted in, or a local brightening/darkening, alternately). "
+                  "Image AUROC / pixel AUROC:", "",
+                  "| task | held-out normals | " + " | ".join(args.student_input_grid) + " |",
+                  "|---|---|" + "---|" * len(args.student_input_grid)]
+        for task, entry in inputs["tasks"].items():
+            count = next((value["n_heldout"] for value in entry.values()), "—")
+            cells = [f"{100 * entry[c]['image_auroc']:.1f} / {100 * entry[c]['pixel_auroc']:.1f}" if c in entry else "—"
+                     for c in args.student_input_grid]
+            lines.append(f"| {PAPER_NAMES.get(task, task)} | {count} | " + " | ".join(cells) + " |")
+        if "mean_image_auroc" in inputs:
+            lines.append("| mean image AUROC | | " + " | ".join(f"{100 * inputs['mean_image_auroc'][c]:.1f}"
+                                                          for c in args.student_input_grid) + " |")
+    return lines
+
+
+def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:
+    first, second = args.teachers.split("+")
+    chosen_input = options.get("student_input", "unified")
+    groups = group_records([{**r, "row": row_name(r["method"], input_of(r), chosen_input)} for r in results.records],
+                           ("row", "task"))
+    variants = [chosen_input, *(x for x in STUDENT_INPUTS if x != chosen_input)]
+    image = ("image_auroc", "image_ap", "image_f1max")
+    lines = [f"# PDD vs RD4AD, unsupervised — teachers `{first}` (teacher 1) + `{second}` (teacher 2), ImageNet, "
+             f"offline, {args.image_size} px", "",
+             f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
+             f"Training: {args.steps} Adam steps per run for both methods (batch {args.batch_size}); PDD lr {args.lr:g} "
+             f"with cosine annealing, loss Eq. 9 with each term in units of its value at initialisation; RD4AD "
+             f"(teacher `{first}`) lr {args.rd4ad_lr:g}. Image score = max of the σ=4 smoothed map. Mean ± std over "
+             "seeds." + (f" PDD model options: `{json.dumps(options)}`." if options else ""), "",
+             "How each setting was chosen (no test label was used): "
+             + "; ".join(f"**{k}**: {v}" for k, v in results.data["selection"].items()), "",
+             "| task | n normal / abnormal | method | seeds | epochs | AUROC | AP | F1-max | pixel AUROC | pixel AUPRO "
+             "| paper AUROC |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for task in args.tasks:
+        for name in [*(row_name("pdd", x, chosen_input) for x in variants), "rd4ad"]:
+            records = groups.get((name, task))
+            if records:
+                paper = PAPER_PDD if name.startswith("pdd") else PAPER_RD4AD
+                lines.append(f"| {PAPER_NAMES.get(task, task)} | {records[0]['n_test_normal']} / "
+                             f"{records[0]['n_test_abnormal']} | {name} | {len(records)} | {records[0]['epochs']} | "
+                             f"{metric_cells(records, image + ('pixel_auroc', 'pixel_aupro'))} | "
+                             f"{paper.get(task, '—')} |")
+    lines += selection_lines(results, args)
     multiclass = [t for t in args.multiclass_tasks
                   if groups.get(("pdd[multi-class]", t)) or groups.get(("rd4ad[multi-class]", t))]
     if multiclass:
@@ -429,12 +596,13 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
                   "", "| task | method | seeds | AUROC / AP / F1-max, one model | same, per-task model |",
                   "|---|---|---|---|---|"]
         for task in multiclass:
-            for method in ("pdd", "rd4ad"):
-                records = groups.get((f"{method}[multi-class]", task), [])
-                per_task = groups.get((method, task), [])
-                lines.append(f"| {PAPER_NAMES.get(task, task)} | {method} | {len(records)} | "
-                             f"{' / '.join(mean_std(r[k] for r in records) for k in image)} | "
-                             f"{' / '.join(mean_std(r[k] for r in per_task) for k in image)} |")
+            for method, student_input in [*(("pdd", x) for x in variants), ("rd4ad", None)]:
+                records = groups.get((row_name(f"{method}[multi-class]", student_input, chosen_input), task), [])
+                per_task = groups.get((row_name(method, student_input, chosen_input), task), [])
+                if records or student_input in (None, chosen_input):
+                    lines.append(f"| {PAPER_NAMES.get(task, task)} | {row_name(method, student_input, chosen_input)} | "
+                                 f"{len(records)} | {' / '.join(mean_std(r[k] for r in records) for k in image)} | "
+                                 f"{' / '.join(mean_std(r[k] for r in per_task) for k in image)} |")
     ablation_tasks = [t for t in args.tasks if t in (args.ablation_tasks or [])]
     if ablation_tasks and args.ablations:
         lines += ["", "## Ablations (Table 3: distillation paradigm; Table 4: anomaly map and L_div)", "",
@@ -443,14 +611,15 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict)
                   "reaches alone (1t1s/2t1s for Student 1, 2t1s+mpa for Student 2).", "",
                   "| task | row | seeds | AUROC | AP | F1-max | S1 rel. error | S2 rel. error | loss flatness "
                   "| paper AUROC / AP / F1-max |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for task in ablation_tasks:
-            for row in ["2t2s", *args.ablations]:
-                method = "pdd" if row == "2t2s" else f"pdd[{row}]"
-                records = [r for r in groups.get((method, task), []) if r["seed"] in args.ablation_seeds]
-                if not records:
-                    continue
+        for task, student_input, row in ((t, x, r) for t in ablation_tasks for x in variants
+                                         for r in ["2t2s", *args.ablations]):
+            method = "pdd" if row == "2t2s" else f"pdd[{row}]"
+            records = [r for r in groups.get((row_name(method, student_input, chosen_input), task), [])
+                       if r["seed"] in args.ablation_seeds]
+            if records:
                 flatness = [r["convergence"]["loss_flatness"] for r in records if "loss_flatness" in r["convergence"]]
-                lines.append(f"| {PAPER_NAMES.get(task, task)} | {'full (2t2s)' if row == '2t2s' else row} | "
+                shown = row_name("full (2t2s)" if row == "2t2s" else row, student_input, chosen_input)
+                lines.append(f"| {PAPER_NAMES.get(task, task)} | {shown} | "
                              f"{len(records)} | {metric_cells(records, image)} | {errors_cell(records, 's1')} | "
                              f"{errors_cell(records, 's2')} | {f'{np.mean(flatness):+.3f}' if flatness else '—'} | "
                              f"{PAPER_ABLATIONS.get((task, method), '—')} |")
@@ -476,25 +645,30 @@ def main() -> int:
     chosen = bench.select_lambda_div()
     if chosen is not None:
         bench.options = options = {**options, "lambda_div": chosen}
+    student_input = bench.select_student_input()
+    if student_input is not None:
+        bench.options = options = {**options, "student_input": student_input}
 
     def save() -> None:
         results.save()
         results.write_markdown(markdown(results, args, options))
 
     pooled = args.multiclass_tasks if len(args.multiclass_tasks) >= 2 else []
-    for seed in args.seeds:
-        for task in args.tasks:
-            for method in ("pdd", "rd4ad"):
-                bench.run(method, [task], [task], seed, args.steps)
-            bench.figures(task)
-            if seed in args.ablation_seeds and task in (args.ablation_tasks or []):
-                for row in args.ablations:
-                    bench.run(f"pdd[{row}]", [task], [task], seed, args.steps)
-            save()
-        for method in ("pdd[multi-class]", "rd4ad[multi-class]") if pooled else ():
+    for task, seed in ((t, s) for t in args.tasks for s in args.seeds if "main" in args.parts):
+        for method in ("pdd", "rd4ad"):
+            bench.run(method, [task], [task], seed, args.steps)
+        bench.figures(task)
+        save()
+    for seed, task in ((s, t) for s in args.seeds if s in args.ablation_seeds and "ablations" in args.parts
+                       for t in args.tasks):
+        for row in args.ablations if task in (args.ablation_tasks or []) else ():
+            bench.run(f"pdd[{row}]", [task], [task], seed, args.steps)
+        save()
+    for seed in args.seeds if pooled and "multi-class" in args.parts else ():
+        for method in ("pdd[multi-class]", "rd4ad[multi-class]"):
             bench.run(method, pooled, pooled, seed, multiclass_steps(args))
             save()
-    if args.tasks:
+    if args.tasks and "speed" in args.parts:
         speed_records(results, bench.task_data(args.tasks[-1])[0], args, options)
     save()
     return 0

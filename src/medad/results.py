@@ -159,6 +159,13 @@ class BenchmarkResults:
         self.data["speed"].append(record)
         self.save()
 
+    def refresh(self) -> None:
+        """Add what other processes running the same command have saved since (records and sections)."""
+        if self.path.is_file():
+            previous = json.loads(self.path.read_text())
+            if previous.get("command") == self.data["command"]:
+                self._merge(previous)
+
     def save(self) -> None:
         """Write the file atomically, keeping what another process running the same command wrote meanwhile.
 
@@ -178,19 +185,19 @@ class BenchmarkResults:
     def _merge(self, other: dict[str, Any]) -> None:
         known = {record_identity(r) for r in self.records}
         self.records.extend(r for r in other.get("records", []) if record_identity(r) not in known and self.keep(r))
-        for section, value in other.items():
-            mine = self.data.get(section)
-            if isinstance(value, dict) and isinstance(mine, dict):
-                for key, entry in value.items():
-                    if isinstance(entry, dict) and isinstance(mine.get(key), dict):
-                        mine[key] = {**entry, **mine[key]}
-                    else:
-                        mine.setdefault(key, entry)
-            elif section not in self.data:
-                self.data[section] = value
+        _merge_missing(self.data, {section: value for section, value in other.items() if section != "records"})
 
     def write_markdown(self, text: str) -> None:
         write_text(self.path.with_suffix(".md"), text)
+
+
+def _merge_missing(mine: dict[str, Any], other: dict[str, Any]) -> None:
+    """Add to ``mine`` what only ``other`` has, at any depth of nested dicts (``mine`` wins where both have a value)."""
+    for key, value in other.items():
+        if key not in mine:
+            mine[key] = value
+        elif isinstance(value, dict) and isinstance(mine[key], dict):
+            _merge_missing(mine[key], value)
 
 
 def mean_std(values: Iterable[float], scale: float = 100.0) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from medad.results import BenchmarkResults, benchmark_command, read_records
 
 
@@ -37,6 +39,26 @@ def test_records_no_longer_current_are_dropped_on_read_and_merge(tmp_path):
     current.add_record({"method": "m", "task": "t", "seed": 0, "selection": "b"})
     assert current.records == [{"method": "m", "task": "t", "seed": 0, "selection": "b"}]
     assert read_records("sel", tmp_path) == current.records
+
+
+def test_processes_sharing_a_file_keep_each_others_nested_entries(tmp_path):
+    command = "python benchmarks/nested.py"
+    first = BenchmarkResults("nested", command, directory=tmp_path)
+    second = BenchmarkResults("nested", command, directory=tmp_path)
+    first.data["selection"] = {"tasks": {"brainmri": {"a": 0.75}}}
+    second.data["selection"] = {"tasks": {"brainmri": {"a": 0.5}}, "chosen": "a"}
+    first.save()
+    first.data["selection"]["tasks"]["brainmri"]["b"] = 0.8  # added after the other process read the file
+    first.save()
+    second.save()
+    merged = json.loads((tmp_path / "nested.json").read_text())["selection"]
+    assert merged == {"tasks": {"brainmri": {"a": 0.5, "b": 0.8}}, "chosen": "a"}  # the saving process wins ties
+    first.refresh()  # without saving: learns what the other process wrote
+    assert first.data["selection"]["chosen"] == "a" and first.data["selection"]["tasks"]["brainmri"]["a"] == 0.75
+    second.add_record({"method": "m", "task": "t", "seed": 0})
+    assert not first.has(method="m")
+    first.refresh()
+    assert first.has(method="m", seed=0)
 
 
 def test_a_resumed_run_restores_every_section_but_the_header(tmp_path):

@@ -40,6 +40,35 @@ def test_resume_continues_exactly_where_training_stopped(teacher, tmp_path):
         assert torch.allclose(value.float(), resumed.learnable_state_dict()[key].float(), atol=1e-6), key
 
 
+def test_checkpoints_are_spaced_in_time_and_an_interrupt_reports_what_was_saved(teacher, tmp_path, monkeypatch):
+    from medad.engine.run_folder import RunFolder, TrainingInterrupted
+
+    saves = []
+    original = RunFolder.save_checkpoint
+    monkeypatch.setattr(RunFolder, "save_checkpoint", lambda self, w, meta, state: (saves.append(meta["epochs"]),
+                                                                                    original(self, w, meta, state)))
+    images = torch.rand(4, 3, 32, 32)
+    model = RD4AD(teacher, RD4ADConfig(blocks_per_stage=1))
+    train_unsupervised(model, images, TrainConfig(epochs=3, batch_size=4, checkpoint_seconds=3600), out_dir=tmp_path)
+    assert saves == [3]  # only the last epoch within the interval
+    train_unsupervised(model, images, TrainConfig(epochs=2, batch_size=4, checkpoint_seconds=0), out_dir=tmp_path / "b")
+    assert saves == [3, 1, 2]  # 0: after every epoch
+
+    calls = []
+
+    def interrupted_loss(features):
+        calls.append(1)
+        if len(calls) == 3:  # after an epoch had finished, before the first checkpoint was due
+            raise KeyboardInterrupt
+        return RD4AD.loss(model, features)
+
+    monkeypatch.setattr(model, "loss", interrupted_loss)
+    with pytest.raises(TrainingInterrupted) as error:
+        train_unsupervised(model, images, TrainConfig(epochs=4, batch_size=4, checkpoint_seconds=3600),
+                           out_dir=tmp_path / "c")
+    assert error.value.epochs_done == 0 and "nothing was saved" in str(error.value)
+
+
 def test_resume_refuses_a_run_of_another_image_size(teacher, tmp_path):
     model = RD4AD(teacher, RD4ADConfig(blocks_per_stage=1))
     train_unsupervised(model, torch.rand(4, 3, 32, 32), TrainConfig(epochs=1, batch_size=4), out_dir=tmp_path)

@@ -43,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     use_cache: bool = True
     cosine_schedule: bool = False
+    #: the run folder's checkpoint is written after an epoch once this long has passed since the last one, and
+    #: after the last epoch (0: after every epoch); on small sets an epoch takes well under a second
+    checkpoint_seconds: float = 30.0
 
 
 class NonFiniteLossError(ValueError):
@@ -111,6 +114,7 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
                              list(saved.get("log", [])))
     bar = progress(range(result.epochs_done, config.epochs), desc=desc, unit="epoch", initial=result.epochs_done,
                    total=config.epochs)
+    saved_epochs, last_save = result.epochs_done, time.perf_counter()
     try:
         for epoch in bar:
             seed_everything(config.seed * 10_007 + epoch)
@@ -141,7 +145,8 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
                     entry.update(monitor())
             result.log.append(entry)
             bar.set_postfix(loss=f"{result.history[-1]:.4f}")
-            if run is not None:
+            due = time.perf_counter() - last_save >= config.checkpoint_seconds or result.epochs_done == config.epochs
+            if run is not None and due:
                 state = {"optimizer": optimizer.state_dict(), "epochs_done": result.epochs_done,
                          "history": result.history, "train_seconds": result.train_seconds, "log": result.log}
                 if scheduler is not None:
@@ -150,8 +155,10 @@ def fit(model: torch.nn.Module, make_batches: Callable[[int], Iterable[Any]],
                     state["scaler"] = scaler.state_dict()
                 run.save_checkpoint(model.learnable_state_dict(),
                                     {**meta, "epochs": result.epochs_done, "train_config": asdict(config)}, state)
+                saved_epochs, last_save = result.epochs_done, time.perf_counter()
     except KeyboardInterrupt:
-        raise TrainingInterrupted(result.epochs_done, Path(out_dir) if out_dir is not None else None) from None
+        raise TrainingInterrupted(saved_epochs if run is not None else result.epochs_done,
+                                  Path(out_dir) if out_dir is not None else None) from None
     model.eval()
     return result
 
