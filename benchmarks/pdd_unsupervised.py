@@ -218,9 +218,19 @@ def claimed(run_dir: Path, label: str) -> Iterator[bool]:
 
 
 def row_name(method: str, student_input: str | None, chosen_input: str) -> str:
-    """A table row's name: the method, with the student input appended for PDD rows of another input than the
-    chosen one (earlier runs, kept for comparison)."""
-    return method if student_input in (None, chosen_input) else f"{method} ({student_input} input)"
+    """A row's name: the method, with the student input appended for PDD rows of another input than the chosen one
+    (earlier runs, kept for comparison); a name that has it already is returned as is."""
+    suffix = f" ({student_input} input)"
+    return method if student_input in (None, chosen_input) or method.endswith(suffix) else method + suffix
+
+
+def label_other_inputs(results: BenchmarkResults, chosen_input: str) -> None:
+    """Rename the PDD records of another student input than the chosen one (earlier runs) after :func:`row_name`, so
+    that every reader of the file (this markdown, ``medad report``) keeps them apart from the current rows."""
+    for record in results.records:
+        record["method"] = row_name(record["method"], input_of(record), chosen_input)
+    # what other processes still hold under the old names is dropped when merged in (they hold the renamed copies)
+    results.keep = lambda record: record["method"] == row_name(record["method"], input_of(record), chosen_input)
 
 
 def input_of(record: dict) -> str | None:
@@ -564,8 +574,7 @@ def selection_lines(results: BenchmarkResults, args: argparse.Namespace) -> list
 def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:
     first, second = args.teachers.split("+")
     chosen_input = options.get("student_input", "unified")
-    groups = group_records([{**r, "row": row_name(r["method"], input_of(r), chosen_input)} for r in results.records],
-                           ("row", "task"))
+    groups = group_records(results.records, ("method", "task"))
     variants = [chosen_input, *(x for x in STUDENT_INPUTS if x != chosen_input)]
     image = ("image_auroc", "image_ap", "image_f1max")
     lines = [f"# PDD vs RD4AD, unsupervised — teachers `{first}` (teacher 1) + `{second}` (teacher 2), ImageNet, "
@@ -637,10 +646,14 @@ def main() -> int:
     results.data["selection"] = selection(args, options)
     bench = Benchmark(args, results, options)
     if args.markdown_only:
+        recorded = {"lambda_div": results.data.get("lambda_div_selection", {}).get("chosen"),
+                    "student_input": results.data.get("student_input_selection", {}).get("chosen")}
+        bench.options = options = {**options, **{key: value for key, value in recorded.items() if value is not None}}
+        label_other_inputs(results, bench.student_input())
         for task in args.tasks:
             bench.figures(task)
-        chosen = results.data.get("lambda_div_selection", {}).get("chosen")
-        results.write_markdown(markdown(results, args, {**options, "lambda_div": chosen} if chosen else options))
+        results.save()
+        results.write_markdown(markdown(results, args, options))
         return 0
     chosen = bench.select_lambda_div()
     if chosen is not None:
@@ -648,6 +661,8 @@ def main() -> int:
     student_input = bench.select_student_input()
     if student_input is not None:
         bench.options = options = {**options, "student_input": student_input}
+        label_other_inputs(results, student_input)
+        results.save()
 
     def save() -> None:
         results.save()
