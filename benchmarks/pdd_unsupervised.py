@@ -4,10 +4,11 @@ with the same budget, the paper's Table 3/4 ablations and its multi-class settin
 Regenerate:  python benchmarks/pdd_unsupervised.py
 Writes benchmarks/results/pdd_unsupervised.json (+ .md).  Resumable, so it can run in pieces: re-running the
 same command skips the records already written, and a training that was cut off continues from its last finished
-epoch (run folders under --runs, teacher features cached under --cache).  Several processes may share the results
-file once λ_div and the student input are chosen (e.g. ``--seeds 0`` beside ``--seeds 2 1 --ablation-seeds``);
-``--markdown-only`` then rewrites the .md from everything they recorded.  Each process runs the main rows of its
-seeds first, then its ablations, then its multi-class runs.
+epoch (run folders under --runs, teacher features cached under --cache).  Once λ_div and the student input are
+chosen, several processes may run the same command (``--parts main ablations multi-class`` beside it, then
+``--parts speed`` alone): they share the results file and its rows, each training the next row whose run folder
+no other process holds (its lock), in this order: the main rows task by task, the ablations, the multi-class runs.
+``--seeds`` / ``--ablation-seeds`` split the rows by hand instead; ``--markdown-only`` rewrites the .md.
 
 Selection, on normal training images only: λ_div (both students converge on a held-out fifth), then PDD's student
 input (``unified`` = f_t, the paper's reading, or ``ocbe`` = RD4AD's multi-scale fusion of the InA targets and f_t)
@@ -475,6 +476,7 @@ class Benchmark:
     def save_figure(self, key: str, path: Path, fig, caption: str) -> None:
         save(fig, path, quantize=True)
         pyplot().close(fig)
+        caption += f"; PDD's student input: {self.student_input()}"
         self.results.data.setdefault("figures", {})[key] = {"file": path.name, "caption": caption,
                                                             "student_input": self.student_input()}
         self.results.save()
