@@ -34,7 +34,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -206,16 +206,13 @@ def claimed(run_dir: Path, label: str) -> Iterator[bool]:
     """Hold ``run_dir``'s lock for the block (True), or yield False at once when another live process holds it, so
     that processes running the same command share its rows."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    hold = RunFolder(run_dir).locked(f"pdd_unsupervised.py {label}")
-    try:
-        hold.__enter__()
-    except RunFolderError:
-        yield False
-        return
-    try:
+    with ExitStack() as held:
+        try:
+            held.enter_context(RunFolder(run_dir).locked(f"pdd_unsupervised.py {label}"))
+        except RunFolderError:
+            yield False
+            return
         yield True
-    finally:
-        hold.__exit__(None, None, None)
 
 
 def row_name(method: str, student_input: str | None, chosen_input: str) -> str:

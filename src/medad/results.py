@@ -132,13 +132,12 @@ class BenchmarkResults:
         self.keep = keep or (lambda record: True)
         self.data: dict[str, Any] = {"benchmark": name, "command": command, "machine": machine_description(),
                                      "created": date.today().isoformat(), "records": [], "speed": []}
-        if resume and self.path.is_file():
-            previous = json.loads(self.path.read_text())
-            if previous.get("command") == command:
-                header = ("benchmark", "command", "machine", "created")
-                self.data.update({key: value for key, value in previous.items() if key not in header})
-                self.data["records"] = [r for r in previous.get("records", []) if self.keep(r)]
-                self.data.setdefault("speed", [])
+        previous = self._saved() if resume else None
+        if previous is not None:
+            header = ("benchmark", "command", "machine", "created")
+            self.data.update({key: value for key, value in previous.items() if key not in header})
+            self.data["records"] = [r for r in previous.get("records", []) if self.keep(r)]
+            self.data.setdefault("speed", [])
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -159,27 +158,30 @@ class BenchmarkResults:
         self.data["speed"].append(record)
         self.save()
 
+    def _saved(self) -> dict[str, Any] | None:
+        """The file as saved, when it holds this benchmark's command (None when absent or of another command)."""
+        if not self.path.is_file():
+            return None
+        saved = json.loads(self.path.read_text())
+        return saved if saved.get("command") == self.data["command"] else None
+
     def refresh(self) -> None:
         """Add what other processes running the same command have saved since (records and sections)."""
-        if self.path.is_file():
-            previous = json.loads(self.path.read_text())
-            if previous.get("command") == self.data["command"]:
-                self._merge(previous)
+        saved = self._saved()
+        if saved is not None:
+            self._merge(saved)
 
     def save(self) -> None:
         """Write the file atomically, keeping what another process running the same command wrote meanwhile.
 
         Several processes may share one results file (e.g. one per fold): under a lock, records they
-        added are merged in (by record key) and so are the entries of dict-valued sections this process
-        does not have.
+        added are merged in (by record key) and so are the entries of dict-valued sections, at any depth,
+        this process does not have (:meth:`refresh`).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if self.path.is_file():
-                previous = json.loads(self.path.read_text())
-                if previous.get("command") == self.data["command"]:
-                    self._merge(previous)
+            self.refresh()
             write_json(self.path, self.data)
 
     def _merge(self, other: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ def _foreground_point(image: np.ndarray, rng: np.random.Generator, margin: int) 
 
 
 def _ellipse(height: int, width: int, centre: tuple[int, int], axes: tuple[float, float], angle: float) -> np.ndarray:
-    """Signed ellipse level (< 1 inside) over an H×W grid."""
+    """The ellipse's level over an H×W grid: (u/a)² + (v/b)² in its rotated frame, < 1 inside."""
     rows, columns = np.mgrid[:height, :width].astype(np.float64)
     dy, dx = rows - centre[0], columns - centre[1]
     cos, sin = np.cos(angle), np.sin(angle)
