@@ -89,6 +89,8 @@ FIGURE_SEED = 0
 FIGURE_IMAGES = {1: 4, 0: 2}
 #: the synthetic-anomaly AUROC gain by which another student input must beat the paper's reading to replace it
 SELECTION_MARGIN = 0.005
+#: PDD's student input as the paper reads it (PDDConfig's default): options, records and run folders without one
+PAPER_INPUT = PDDConfig.student_input
 
 
 def parse_args() -> argparse.Namespace:
@@ -114,7 +116,7 @@ def parse_args() -> argparse.Namespace:
                              "converge on held-out normal training images is used (none: the configured λ_div)")
     parser.add_argument("--selection-tasks", nargs="*", default=ABLATION_TASKS,
                         help="tasks whose normal training images (4/5 fit, 1/5 held out) select λ_div")
-    parser.add_argument("--student-input-grid", nargs="*", default=["unified", "ocbe"],
+    parser.add_argument("--student-input-grid", nargs="*", default=[PAPER_INPUT, "ocbe"],
                         help="student inputs (PDDConfig.student_input), the paper's reading first; chosen after λ_div by "
                              "synthetic anomalies pasted into held-out normals of --selection-tasks (none: configured)")
     parser.add_argument("--selection-tolerance", type=float, default=1.25,
@@ -231,9 +233,14 @@ def label_other_inputs(results: BenchmarkResults, chosen_input: str) -> None:
     results.keep = lambda record: record["method"] == row_name(record["method"], input_of(record), chosen_input)
 
 
+def student_input_of(options: dict) -> str:
+    """The student input PDD runs with under these model options."""
+    return options.get("student_input", PAPER_INPUT)
+
+
 def input_of(record: dict) -> str | None:
     """A record's PDD student input (None for RD4AD)."""
-    return record["config"].get("student_input", "unified") if record["method"].startswith("pdd") else None
+    return record["config"].get("student_input", PAPER_INPUT) if record["method"].startswith("pdd") else None
 
 
 def convergence(log: list[dict]) -> dict:
@@ -422,7 +429,7 @@ class Benchmark:
 
     def run_dir(self, method: str, train_tasks: list[str], seed: int) -> Path:
         """A row's run folder; a PDD row with another student input than the paper's reading gets its own."""
-        suffix = "" if self.input_for(method) in (None, "unified") else f"-{self.input_for(method)}"
+        suffix = "" if self.input_for(method) in (None, PAPER_INPUT) else f"-{self.input_for(method)}"
         return (Path(self.args.runs) / "+".join(Path(task).name for task in train_tasks)
                 / f"{run_slug(method)}-seed{seed}{suffix}")
 
@@ -459,7 +466,8 @@ class Benchmark:
                          "these images)" + ("; ground truth: the tumour mask" if has_masks else ""))
 
     def student_input(self) -> str:
-        return self.options.get("student_input", "unified")
+        """The student input of this benchmark's PDD rows (chosen, or configured)."""
+        return student_input_of(self.options)
 
     def input_for(self, method: str) -> str | None:
         """The student input of ``method``'s runs (None for RD4AD)."""
@@ -468,7 +476,7 @@ class Benchmark:
     def figure_current(self, key: str, path: Path) -> bool:
         """Whether figure ``key`` exists and shows PDD with the current student input."""
         entry = self.results.data.get("figures", {}).get(key, {})
-        return path.is_file() and entry.get("student_input", "unified") == self.student_input()
+        return path.is_file() and entry.get("student_input", PAPER_INPUT) == self.student_input()
 
     def save_figure(self, key: str, path: Path, fig, caption: str) -> None:
         save(fig, path, quantize=True)
@@ -572,7 +580,7 @@ def selection_lines(results: BenchmarkResults, args: argparse.Namespace) -> list
 
 def markdown(results: BenchmarkResults, args: argparse.Namespace, options: dict) -> str:
     first, second = args.teachers.split("+")
-    chosen_input = options.get("student_input", "unified")
+    chosen_input = student_input_of(options)
     groups = group_records(results.records, ("method", "task"))
     variants = [chosen_input, *(x for x in STUDENT_INPUTS if x != chosen_input)]
     image = ("image_auroc", "image_ap", "image_f1max")

@@ -33,12 +33,12 @@ def test_each_image_gets_one_anomaly_inside_its_mask_and_nothing_outside():
 
 def test_anomalies_lie_in_the_foreground_and_are_reproducible():
     normals = _normals()
-    _, masks, _ = pasted_anomalies(normals, seed=1)
+    anomalous, masks, _ = pasted_anomalies(normals, seed=1)
     foreground = normals.mean(dim=1, keepdim=True) > 0.1
     assert (masks.bool() & foreground).sum() > 0.8 * masks.sum()
     again, masks_again, _ = pasted_anomalies(normals, seed=1)
     other, _, _ = pasted_anomalies(normals, seed=2)
-    assert torch.equal(masks, masks_again) and torch.equal(pasted_anomalies(normals, seed=1)[0], again)
+    assert torch.equal(masks, masks_again) and torch.equal(anomalous, again)
     assert not torch.equal(again, other)
 
 
