@@ -112,7 +112,7 @@ def test_handled_errors_are_one_prefixed_line_with_exit_code_2(rd4ad_checkpoint,
         main(["fewshot", "score", "--checkpoint", str(fewshot_checkpoint), "--support", image, "--query", image,
               "--out", str(tmp_path / "x"), "--threshold", "banana"])
     assert exit_info.value.code == errors.EXIT_ERROR
-    assert "argument --threshold: expected 'auto', 'none' or a number, got 'banana'" in _error_line(capsys)
+    assert "argument --threshold: expected 'auto', 'none' or a finite number, got 'banana'" in _error_line(capsys)
     config = tmp_path / "c.yaml"
     config.write_text("epochz: 3\n")
     failing = [

@@ -22,6 +22,7 @@ from medad.cli.errors import CliError
 from medad.data.quality import MIN_SIDE
 from medad.engine.run_folder import REPORT_DIR, SCORES_CSV, SCORES_JSON, RunFolder
 from medad.engine.thresholds import Threshold
+from medad.options import OptionError, number_type, parse_threshold
 
 if TYPE_CHECKING:
     import torch
@@ -159,24 +160,14 @@ def write_run_report(out_dir: Path, title: str) -> None:
 
 
 def threshold_option(text: str) -> str | float:
-    """``--threshold``: 'auto', 'none' or a number."""
-    if text in ("auto", "none"):
-        return text
+    """``--threshold``: 'auto', 'none' or a finite number."""
     try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a number, got {text!r}") from None
+        return parse_threshold(text)
+    except OptionError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def percentile_option(text: str) -> float:
-    """``--threshold-percentile``: a number in (0, 100]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= 100:
-        raise argparse.ArgumentTypeError(f"expected a percentile in (0, 100], got {text!r}")
-    return value
+percentile_option = number_type("threshold_percentile")
 
 
 def add_quiet_option(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ import json
 import sys
 
 from medad import console
+from medad.options import number_type
 
 __all__ = ["add_parser", "run"]
 
@@ -37,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "../shared/data)")
     c.add_argument("--json", dest="json_out", default=None, metavar="OUT",
                    help="also write the full report as JSON to OUT ('-' for stdout)")
-    c.add_argument("--seed", type=int, default=0, help="split seed (unsplit layouts, volumes)")
+    c.add_argument("--seed", type=number_type("seed"), default=0, help="split seed (unsplit layouts, volumes)")
     c.add_argument("--dedupe", choices=("train", "none"), default="train",
                    help="'train': remove training images duplicated in test/valid; 'none': keep them")
     c.add_argument("--quiet", action="store_true", help="print nothing; the exit status tells (1: unreadable files)")

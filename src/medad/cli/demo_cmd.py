@@ -22,6 +22,7 @@ from medad.engine.run_folder import (DEMO_FILE, DEMO_MODEL_DIR, DEMO_OUTPUTS, DE
                                      SCORES_CSV, RunFolder)
 from medad.models.factory import build_model
 from medad.models.registry import default_method, method_info
+from medad.options import number_type
 
 SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]
 SHARED_TARGET = "brain_tumor"
@@ -33,14 +34,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--data-root", dest="data_root",
                       help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
     demo.add_argument("--synthetic", action="store_true", help="use phantom tasks even if shared data exists")
-    demo.add_argument("--k", type=int, default=4, help="normal reference images of the unseen task")
-    demo.add_argument("--epochs", type=int,
+    demo.add_argument("--k", type=number_type("k"), default=4, help="normal reference images of the unseen task")
+    demo.add_argument("--epochs", type=number_type("epochs"),
                       help="few-shot training epochs (default: the default few-shot method's budget)")
-    demo.add_argument("--image-size", dest="image_size", type=int, default=128, help="model input size in pixels")
-    demo.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
+    demo.add_argument("--image-size", dest="image_size", type=number_type("image_size"), default=128,
+                      help="model input size in pixels")
+    demo.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=number_type("max_queries_per_task"),
                       help="query images per training task and epoch (default: the method's budget)")
     demo.add_argument("--teacher", default=DEFAULT_TEACHER, help="teacher name")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the splits, the training and the supports")
+    demo.add_argument("--seed", type=number_type("seed"), default=0, help="seed of the splits, the training and the supports")
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier demo in --out")
     add_device_option(demo)
     add_quiet_option(demo)

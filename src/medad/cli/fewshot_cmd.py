@@ -25,6 +25,7 @@ from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_thres
 from medad.io_utils import atomic_path
 from medad.models.factory import build_model, load_trained_model
 from medad.models.registry import MethodChoices, methods
+from medad.options import number_type
 
 if TYPE_CHECKING:  # the commands import torch when they run, so that the CLI starts without it
     import torch
@@ -55,14 +56,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                        help="few-shot model: %(choices)s (default: the first)")
     train.add_argument("--teacher", help="teacher name" + _default("teacher"))
     train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
-    train.add_argument("--image-size", dest="image_size", type=int,
+    train.add_argument("--image-size", dest="image_size", type=number_type("image_size"),
                        help="model input size in pixels, a multiple of the teacher's stride" + _default("image_size"))
-    train.add_argument("--k", nargs="+", type=int, help="support sizes drawn per batch" + _default("k"))
-    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + METHOD_DEFAULT)
-    train.add_argument("--batch-size", dest="batch_size", type=int, help="query images per episode" + METHOD_DEFAULT)
-    train.add_argument("--lr", type=float, help="Adam learning rate" + METHOD_DEFAULT)
-    train.add_argument("--seed", type=int, help="seed of the splits, the initialisation and the episodes" + _default("seed"))
-    train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=int,
+    train.add_argument("--k", nargs="+", type=number_type("k"), help="support sizes drawn per batch" + _default("k"))
+    train.add_argument("--epochs", type=number_type("epochs"),
+                       help="total epochs (with --resume: up to this many)" + METHOD_DEFAULT)
+    train.add_argument("--batch-size", dest="batch_size", type=number_type("batch_size"),
+                       help="query images per episode" + METHOD_DEFAULT)
+    train.add_argument("--lr", type=number_type("lr"), help="Adam learning rate" + METHOD_DEFAULT)
+    train.add_argument("--seed", type=number_type("seed"),
+                       help="seed of the splits, the initialisation and the episodes" + _default("seed"))
+    train.add_argument("--max-queries-per-task", dest="max_queries_per_task", type=number_type("max_queries_per_task"),
                        help="query images per task and epoch" + METHOD_DEFAULT)
     train.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                        help="model setting, repeatable (default: the method's defaults)")
@@ -76,9 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     evaluate = sub.add_parser("evaluate", help="K-shot evaluation on an unseen task over random support draws")
     evaluate.add_argument("--checkpoint", required=True, help="few-shot run folder or model.safetensors")
     evaluate.add_argument("--task", required=True, help="an unseen task: registry name or folder")
-    evaluate.add_argument("--k", nargs="+", type=int, default=[2, 4, 8], help="support sizes to evaluate")
-    evaluate.add_argument("--draws", type=int, default=5, help="random support draws per K")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the split and the support draws")
+    evaluate.add_argument("--k", nargs="+", type=number_type("k"), default=[2, 4, 8], help="support sizes to evaluate")
+    evaluate.add_argument("--draws", type=number_type("draws"), default=5, help="random support draws per K")
+    evaluate.add_argument("--seed", type=number_type("seed"), default=0, help="seed of the split and the support draws")
     evaluate.add_argument("--out", help="where metrics go (default: the checkpoint's folder)")
     evaluate.add_argument("--data-root", dest="data_root",
                           help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")

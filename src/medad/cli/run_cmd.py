@@ -18,6 +18,7 @@ from medad.engine.run_folder import (EVALUATE_OUTPUTS, HEATMAPS_DIR, METRICS_FIL
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
 from medad.models.factory import build_model, load_trained_model
 from medad.models.registry import MethodChoices, method_info
+from medad.options import number_type
 
 #: method, epochs, batch_size and lr default to the registry's (the default one-class method, its training budget)
 TRAIN_DEFAULTS = {"method": None, "task": None, "teacher": DEFAULT_TEACHER, "weights": "imagenet",
@@ -43,12 +44,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="run folder (checkpoint, config, logs)")
     train.add_argument("--teacher", help="teacher name, 'a+b' for PDD" + _default("teacher"))
     train.add_argument("--weights", help="teacher weights: 'imagenet' (offline lookup) or a file" + _default("weights"))
-    train.add_argument("--image-size", dest="image_size", type=int,
+    train.add_argument("--image-size", dest="image_size", type=number_type("image_size"),
                        help="model input size in pixels, a multiple of the teacher's stride" + _default("image_size"))
-    train.add_argument("--epochs", type=int, help="total epochs (with --resume: up to this many)" + METHOD_DEFAULT)
-    train.add_argument("--batch-size", dest="batch_size", type=int, help="images per step" + METHOD_DEFAULT)
-    train.add_argument("--lr", type=float, help="Adam learning rate" + METHOD_DEFAULT)
-    train.add_argument("--seed", type=int, help="seed of the split, the initialisation and the order" + _default("seed"))
+    train.add_argument("--epochs", type=number_type("epochs"),
+                       help="total epochs (with --resume: up to this many)" + METHOD_DEFAULT)
+    train.add_argument("--batch-size", dest="batch_size", type=number_type("batch_size"), help="images per step" + METHOD_DEFAULT)
+    train.add_argument("--lr", type=number_type("lr"), help="Adam learning rate" + METHOD_DEFAULT)
+    train.add_argument("--seed", type=number_type("seed"),
+                       help="seed of the split, the initialisation and the order" + _default("seed"))
     train.add_argument("--data-root", dest="data_root",
                        help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
     train.add_argument("--cache-dir", dest="cache_dir",
@@ -67,8 +70,9 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--out", help="where metrics go (default: the checkpoint's folder)")
     evaluate.add_argument("--data-root", dest="data_root",
                           help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
-    evaluate.add_argument("--seed", type=int, default=0, help="split seed for tasks without a fixed split")
-    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="images per forward pass")
+    evaluate.add_argument("--seed", type=number_type("seed"), default=0, help="split seed for tasks without a fixed split")
+    evaluate.add_argument("--batch-size", dest="batch_size", type=number_type("batch_size"), default=16,
+                          help="images per forward pass")
     evaluate.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     evaluate.add_argument("--heatmaps", action="store_true", help="also write heat-map figures of the test images")
     evaluate.add_argument("--no-report", dest="no_report", action="store_true",
@@ -88,12 +92,14 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("inputs", nargs="+", help="image or volume files, or folders (searched recursively)")
     predict.add_argument("--out", required=True, help="folder for scores, heat maps and anomaly-map volumes")
     threshold = predict.add_mutually_exclusive_group()
-    threshold.add_argument("--threshold", type=float, help="flag inputs whose score exceeds this (default: none)")
+    threshold.add_argument("--threshold", type=number_type("threshold"),
+                           help="flag inputs whose score exceeds this (default: none)")
     threshold.add_argument("--threshold-from", dest="threshold_from", metavar="DIR",
                            help="calibrate the threshold on held-out normal images in DIR (see --threshold-percentile)")
     predict.add_argument("--threshold-percentile", dest="threshold_percentile", type=percentile_option, default=95.0,
                          help="percentile of the held-out normal scores used as the threshold")
-    predict.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="images per forward pass")
+    predict.add_argument("--batch-size", dest="batch_size", type=number_type("batch_size"), default=16,
+                         help="images per forward pass")
     predict.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     predict.add_argument("--overwrite", action="store_true", help="replace earlier predictions in --out")
     add_input_options(predict)

@@ -12,6 +12,7 @@ from medad import console
 from medad.cli.common import add_device_option, select_run_device
 from medad.cli.errors import CliError
 from medad.models.registry import methods
+from medad.options import number_type
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -27,11 +28,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; anything but the loopback address exposes the app, which has no "
                             "login, to the network")
-    serve.add_argument("--port", type=int, default=8765, help="port (0: any free port, printed at start)")
-    serve.add_argument("--max-file-mb", dest="max_file_mb", type=float, default=32, help="largest file accepted, MiB")
-    serve.add_argument("--max-references", dest="max_references", type=int, default=32,
+    serve.add_argument("--port", type=number_type("port"), default=8765, help="port (0: any free port, printed at start)")
+    serve.add_argument("--max-file-mb", dest="max_file_mb", type=number_type("max_file_mb"), default=32,
+                       help="largest file accepted, MiB")
+    serve.add_argument("--max-references", dest="max_references", type=number_type("max_references"), default=32,
                        help="most reference images per request")
-    serve.add_argument("--max-queries", dest="max_queries", type=int, default=64, help="most query images per request")
+    serve.add_argument("--max-queries", dest="max_queries", type=number_type("max_queries"), default=64,
+                       help="most query images per request")
     serve.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     add_device_option(serve)
     serve.set_defaults(func=run_serve)
@@ -51,8 +54,6 @@ def run_serve(args: argparse.Namespace) -> int:
     from medad.models.factory import load_trained_model
     from medad.serve.uploads import Limits
 
-    if min(args.max_file_mb, args.max_references, args.max_queries) <= 0:
-        raise CliError("--max-file-mb, --max-references and --max-queries must be positive")
     device = select_run_device(args.device)
     model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=tuple(methods("few_shot")), device=device)
     limits = Limits(int(args.max_file_mb * 2**20), args.max_references, args.max_queries)

@@ -13,6 +13,7 @@ from medad import console
 from medad.cli.common import add_quiet_option, resolve_options, run_record
 from medad.cli.errors import CliError
 from medad.engine.run_folder import RunFolder
+from medad.options import OptionError, check_numbers
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +123,10 @@ def shared_options(run: RunFolder, args: argparse.Namespace, defaults: dict[str,
         options = training_options(run, args, defaults)
         if complete is not None:
             options = complete(options)
+        try:
+            check_numbers(options)
+        except OptionError as error:
+            raise CliError(f"{error} (from {'the run' if args.resume else '--config or the defaults'})") from None
         if args.resume and not epochs_left(run, options["epochs"]):
             options = None
     return workers.share(options)

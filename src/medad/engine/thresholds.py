@@ -47,6 +47,31 @@ class Threshold:
                 "warning": self.warning}
 
 
+#: the candidate rules for the 'auto' threshold from the supports' leave-one-out scores, compared in
+#: benchmarks/fewshot_thresholds.py: "loo-max" (the highest), "mad:C" (median + C·MAD, the MAD scaled by
+#: 1.4826 to a normal σ) and "cut:C" (the fixed value C, for models whose scores are standardised by the
+#: supports' statistics)
+RULE_FAMILIES = ("loo-max", "mad", "cut")
+MAD_TO_SIGMA = 1.4826
+
+
+def rule_threshold(rule: str, loo_scores: list[float] | np.ndarray) -> float:
+    """The threshold ``rule`` (see :data:`RULE_FAMILIES`) gives for K ≥ 2 leave-one-out support scores."""
+    scores = np.asarray(loo_scores, dtype=float)
+    if len(scores) < 2:
+        raise ValueError("a threshold rule needs at least 2 leave-one-out support scores")
+    family, _, parameter = rule.partition(":")
+    if family == "loo-max" and not parameter:
+        return float(scores.max())
+    if family in ("mad", "cut") and parameter:
+        c = float(parameter)
+        if family == "cut":
+            return c
+        median = float(np.median(scores))
+        return median + c * MAD_TO_SIGMA * float(np.median(np.abs(scores - median)))
+    raise ValueError(f"unknown threshold rule {rule!r}; use loo-max, mad:C or cut:C")
+
+
 def no_threshold() -> Threshold:
     return Threshold(None, "none", "no threshold: scores only, no verdicts")
 

@@ -28,6 +28,7 @@ from medad.data.io import read_image
 from medad.engine.evaluate import predict_batches
 from medad.engine.fewshot import leave_one_out_scores
 from medad.engine.thresholds import MIN_RELIABLE_K, Threshold, support_threshold
+from medad.options import OptionError, parse_threshold
 from medad.serve.uploads import ACCEPTED, Limits, Upload, UploadError, read_upload, save_uploads
 
 CSV_FILE = "scores.csv"
@@ -63,15 +64,13 @@ class Scoring:
         return None
 
 
-def parse_threshold(text: str) -> float | None:
-    """The form's threshold: empty or 'auto' → None (the references' rule), else a number."""
-    text = text.strip()
-    if text in ("", "auto"):
-        return None
+def form_threshold(text: str) -> float | None:
+    """The form's threshold: empty or 'auto' → None (the references' rule), else a finite number."""
     try:
-        return float(text)
-    except ValueError:
-        raise UploadError(f"threshold: expected 'auto' or a number, got {text!r}") from None
+        value = parse_threshold(text, keywords=("", "auto"))
+    except OptionError as error:
+        raise UploadError(f"threshold: {error}") from None
+    return None if isinstance(value, str) else value
 
 
 class FewShotScorer:
@@ -129,7 +128,7 @@ def create_app(scorer: FewShotScorer, workdir: Path, limits: Limits, checkpoint:
     def score():
         folder = workdir / uuid.uuid4().hex
         try:
-            fixed = parse_threshold(request.form.get("threshold", ""))
+            fixed = form_threshold(request.form.get("threshold", ""))
             references = save_uploads([(f.filename, f.stream) for f in request.files.getlist("references")],
                                       folder / "references", "reference", 1, limits.max_references, limits)
             queries = save_uploads([(f.filename, f.stream) for f in request.files.getlist("queries")],
