@@ -2,10 +2,13 @@
 
 ``model.safetensors`` holds the learnable weights (never the frozen teacher) and,
 in its header, a JSON document with the method, teacher, image size,
-normalisation, configuration and version, plus a SHA-256 digest that binds that
-document to the tensors' names and shapes: a checkpoint whose metadata
-was edited (say ``image_size``) is refused instead of scoring silently with
-other settings.  ``training_state.pt`` holds what ``--resume`` needs and loads
+normalisation, configuration and version, plus two SHA-256 digests: ``medad_sha256``
+binds that document to the tensors' names and shapes (a checkpoint whose metadata
+was edited, say ``image_size``, is refused instead of scoring silently with other
+settings) and ``medad_weights_sha256`` covers the weights' bytes (a checkpoint whose
+weights were edited or damaged on disk is refused; checkpoints written before it
+was added are checked for their metadata only).  Weights holding NaN or infinite
+values (a diverged run) are refused too.  ``training_state.pt`` holds what ``--resume`` needs and loads
 with ``torch.load(weights_only=True)``.  Both are written atomically; which
 files a run folder holds, and in which order, is :mod:`medad.engine.run_folder`'s job.
 """
@@ -38,6 +41,18 @@ def _digest(meta_json: str, shapes: dict[str, list[int]]) -> str:
     return digest.hexdigest()
 
 
+def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of every tensor's name, dtype and bytes (host, contiguous), in name order."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"|{name}:{tensor.dtype}:".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write weights + metadata atomically to ``path`` (a .safetensors file)."""
     meta_json = json.dumps({**meta, "medad_version": __version__})
@@ -46,7 +61,8 @@ def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict
     from safetensors.torch import save_file
 
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"medad": meta_json, "medad_sha256": _digest(meta_json, shapes)})
+        save_file(tensors, str(tmp), metadata={"medad": meta_json, "medad_sha256": _digest(meta_json, shapes),
+                                               "medad_weights_sha256": _weights_digest(tensors)})
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:
@@ -86,9 +102,26 @@ def load_model(path: str | Path, expected_method: str | tuple[str, ...] | None =
 
     try:
         state = load_file(str(path))
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = (handle.metadata() or {}).get("medad_weights_sha256")
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"checkpoint {path} is damaged ({error}); re-run training") from error
+    if recorded is not None and recorded != _weights_digest(state):
+        raise CheckpointError(f"the weights of {path} no longer match the digest recorded when it was saved (the file "
+                              "was edited or damaged on disk); restore the original file or train again")
+    check_finite_weights(state, path)
     return state, meta
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """A :class:`CheckpointError` naming ``source`` when a floating-point weight holds NaN or infinity."""
+    import torch
+
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"checkpoint {source} holds NaN or infinite weights ({len(bad)} tensor(s), e.g. "
+                              f"{bad[0]}): it is damaged or its training diverged, so every score would be "
+                              "meaningless; use an earlier checkpoint or train again")
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:

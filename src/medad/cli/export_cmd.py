@@ -8,6 +8,7 @@ from pathlib import Path
 from medad import __version__, console
 from medad.cli.common import add_quiet_option
 from medad.cli.errors import CliError
+from medad.engine.run_folder import RunFolder
 from medad.io_utils import write_json
 from medad.models.registry import methods
 
@@ -50,6 +51,7 @@ def run_export(args: argparse.Namespace) -> int:
         raise CliError(f"--out {out} is a folder; give the file to write, e.g. {out / 'model.onnx'}")
     if (out.exists() or description.exists()) and not args.overwrite:
         raise CliError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
+    RunFolder(out.parent, flag="--out").check_writable()
     model, meta = load_trained_model(args.checkpoint, args.weights, device="cpu")
     size = meta["image_size"]
     support_images, support_paths, threshold = None, [], None

@@ -313,8 +313,8 @@ def run_score(args: argparse.Namespace) -> int:
         if args.threshold_from:
             heldout = load_inputs([args.threshold_from], size, flag="--threshold-from", **read)
             queries.skipped += heldout.skipped
-            threshold = heldout_threshold(score_inputs(heldout, predict).unit_scores(), args.threshold_percentile,
-                                          args.threshold_from)
+            threshold = heldout_threshold(score_inputs(heldout, predict, args.checkpoint).unit_scores(),
+                                          args.threshold_percentile, args.threshold_from)
         elif args.threshold in (None, "auto"):
             threshold = support_threshold(leave_one_out_scores(model, support_images) if len(support_images) > 1
                                           else [])
@@ -323,7 +323,7 @@ def run_score(args: argparse.Namespace) -> int:
         else:
             threshold = fixed_threshold(args.threshold)
         queries.skipped += support.skipped
-        scored = score_inputs(queries, predict)
+        scored = score_inputs(queries, predict, args.checkpoint)
         record = {**run_record("fewshot score", {k: v for k, v in vars(args).items() if k != "func"}, device),
                   "checkpoint": meta, "support": [str(image.path) for image in support.images]}
         write_predictions(run, scored, threshold, heatmaps.path if heatmaps else None, record)

@@ -1,9 +1,16 @@
-"""The ``medad`` command.  Exit codes: :mod:`medad.cli.errors` (and the README)."""
+"""The ``medad`` command.  Exit codes: :mod:`medad.cli.errors` (and the README).
+
+Ctrl-C ends every command with ``medad: interrupted`` and exit code 130: while the parser imports the
+command modules (numpy, yaml, …) a SIGINT handler exits at once; once the command runs, Ctrl-C raises
+``KeyboardInterrupt`` so that training can leave its files consistent.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import warnings
 
 from medad import __version__, console
@@ -37,8 +44,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     console.warn(_one_line(message))
 
 
+def _exit_interrupted(signum, frame) -> None:
+    print("medad: interrupted", file=sys.stderr, flush=True)
+    raise SystemExit(EXIT_INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    handles_signals = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _exit_interrupted) if handles_signals else None
+    try:
+        args = build_parser().parse_args(argv)
+        return _run(args, handles_signals)
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run(args, handles_signals: bool) -> int:
+    """The command, with its errors as one line; from its first line Ctrl-C raises KeyboardInterrupt."""
     from medad.cli.errors import CliError
     from medad.data.io import ImageReadError, MissingDependencyError
     from medad.data.tasks import TaskLayoutError
@@ -49,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                MissingDependencyError, OSError)
     console.set_quiet(getattr(args, "quiet", False))
     try:
+        if handles_signals:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)

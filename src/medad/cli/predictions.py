@@ -25,7 +25,7 @@ from medad.cli.inputs import Inputs, VolumeInput
 from medad.data.io import array_to_tensor, read_image
 from medad.engine.evaluate import predict_batches
 from medad.engine.run_folder import (ANOMALY_MAPS_DIR, SCORES_CSV, SCORES_JSON, VOLUME_SCORES_CSV, RunFolder)
-from medad.engine.thresholds import Threshold
+from medad.engine.thresholds import Threshold, check_scores
 from medad.io_utils import atomic_path
 
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -70,9 +70,14 @@ class Scored:
         return np.concatenate([self.image_scores, [v.score for v in self.volumes()]])
 
 
-def score_inputs(inputs: Inputs, predict: Predict, batch_size: int = 16) -> Scored:
+def score_inputs(inputs: Inputs, predict: Predict, source: str, batch_size: int = 16) -> Scored:
+    """Maps and scores of every input; a NaN or infinite score is an error naming the input and ``source``
+    (the checkpoint)."""
     images = inputs.tensor()
     maps, scores = predict_batches(lambda rows: predict(images[rows]), len(images), batch_size)
+    names = [str(image.path) for image in inputs.images] + [
+        volume.slice_name(index) for volume in inputs.volumes for index in volume.indices]
+    check_scores(scores, names, f"checkpoint {source}")
     return Scored(inputs, maps, scores)
 
 

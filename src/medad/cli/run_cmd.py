@@ -225,10 +225,10 @@ def run_predict(args: argparse.Namespace) -> int:
         threshold = no_threshold() if args.threshold is None else fixed_threshold(args.threshold)
         if args.threshold_from:
             heldout = load_inputs([args.threshold_from], meta["image_size"], flag="--threshold-from", **read)
-            scored = score_inputs(heldout, model.predict, args.batch_size)
+            scored = score_inputs(heldout, model.predict, args.checkpoint, args.batch_size)
             inputs.skipped += heldout.skipped
             threshold = heldout_threshold(scored.unit_scores(), args.threshold_percentile, args.threshold_from)
-        scored = score_inputs(inputs, model.predict, args.batch_size)
+        scored = score_inputs(inputs, model.predict, args.checkpoint, args.batch_size)
         record = {**run_record("predict", vars_without_func(args), device), "checkpoint": meta}
         write_predictions(run, scored, threshold, run.file(HEATMAPS_DIR), record)
     print_predictions(scored, threshold)

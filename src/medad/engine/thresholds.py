@@ -7,7 +7,9 @@
 * ``held-out-percentile``: a stated percentile of the scores of held-out normal images (fewer than
   :data:`MIN_RELIABLE_HELDOUT` carry a warning).
 
-Every prediction file records :meth:`Threshold.record`.
+Every prediction file records :meth:`Threshold.record`.  A NaN or infinite score never becomes a verdict:
+:func:`check_scores` refuses such scores (naming the first input), and :class:`Threshold` refuses a non-finite
+value and, as the last guard, a non-finite score.
 """
 
 from __future__ import annotations
@@ -21,6 +23,21 @@ MIN_RELIABLE_K = 8
 MIN_RELIABLE_HELDOUT = 20
 
 
+class NonFiniteScoreError(ValueError):
+    """A score (or threshold) that is NaN or infinite: no verdict can be drawn from it."""
+
+
+def check_scores(scores, names: list[str], source: str) -> None:
+    """Refuse NaN or infinite ``scores`` (one per name in ``names``), naming the first such input and ``source``
+    (the model or checkpoint that produced them)."""
+    values = np.asarray(scores, dtype=float)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        raise NonFiniteScoreError(
+            f"{source} gave a {values[bad[0]]} score for {names[bad[0]]} ({len(bad)} of {len(values)} inputs): a "
+            "non-finite score cannot become a verdict; the checkpoint's weights or the input are damaged")
+
+
 @dataclass
 class Threshold:
     """A threshold value (None: no verdicts) and where it came from."""
@@ -31,14 +48,21 @@ class Threshold:
     details: dict[str, Any] = field(default_factory=dict)
     warning: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.value is not None and not np.isfinite(self.value):
+            raise NonFiniteScoreError(f"the {self.rule} threshold is {self.value}: a threshold must be a finite number")
+
     def is_abnormal(self, score: float) -> bool | None:
-        return None if self.value is None else bool(score > self.value)
+        if self.value is None:
+            return None
+        _finite(score)
+        return bool(score > self.value)
 
     def verdict(self, score: float) -> str:
         """'ABNORMAL (score > threshold 0.12)', 'normal (score ≤ threshold 0.12)' or '' without a threshold."""
         if self.value is None:
             return ""
-        if score > self.value:
+        if _finite(score) > self.value:
             return f"ABNORMAL (score > threshold {self.value:.4g})"
         return f"normal (score ≤ threshold {self.value:.4g})"
 
@@ -70,6 +94,12 @@ def rule_threshold(rule: str, loo_scores: list[float] | np.ndarray) -> float:
         median = float(np.median(scores))
         return median + c * MAD_TO_SIGMA * float(np.median(np.abs(scores - median)))
     raise ValueError(f"unknown threshold rule {rule!r}; use loo-max, mad:C or cut:C")
+
+
+def _finite(score: float) -> float:
+    if not np.isfinite(score):
+        raise NonFiniteScoreError(f"a score of {score} cannot become a verdict")
+    return float(score)
 
 
 def no_threshold() -> Threshold:

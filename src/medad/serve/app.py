@@ -27,7 +27,7 @@ from medad.cli.common import write_heatmaps
 from medad.data.io import read_image
 from medad.engine.evaluate import predict_batches
 from medad.engine.fewshot import leave_one_out_scores
-from medad.engine.thresholds import MIN_RELIABLE_K, Threshold, support_threshold
+from medad.engine.thresholds import MIN_RELIABLE_K, NonFiniteScoreError, Threshold, check_scores, support_threshold
 from medad.options import OptionError, parse_threshold
 from medad.serve.uploads import ACCEPTED, Limits, Upload, UploadError, read_upload, save_uploads
 
@@ -92,6 +92,7 @@ class FewShotScorer:
                          if fixed is not None else
                          support_threshold(leave_one_out_scores(self.model, support_images)
                                            if len(support_images) > 1 else []))
+        check_scores(scores, [upload.name for upload in queries], "the checkpoint")
         names = [upload.path.name for upload in queries]
         write_heatmaps(folder / HEATMAPS, names, (read_image(upload.path) for upload in queries), maps, scores,
                        titles=[upload.name for upload in queries], threshold=threshold)
@@ -136,6 +137,8 @@ def create_app(scorer: FewShotScorer, workdir: Path, limits: Limits, checkpoint:
             return page(result=scorer.score(references, queries, fixed, folder))
         except UploadError as error:
             return page(400, error=str(error))
+        except NonFiniteScoreError as error:
+            return page(500, error=str(error))
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error):
