@@ -56,7 +56,7 @@ def test_seeded_protocol_split_is_stable(tmp_path):
 
 def test_list_and_info():
     assert registry.list_tasks() == ["headct", "brainmri", "brain_tumor", "zhanglab",
-                                     "nih_cxr", "brats_slices"]
+                                     "nih_cxr", "brats_slices", "acrima", "isic", "mias"]
     info = registry.task_info("brain_tumor")
     assert info["folder"] == "brain_tumor_mri_nickparvar"
     assert info["options"] == {"include_pituitary": False}

@@ -69,9 +69,11 @@ def test_every_image_of_every_shared_set_loads():
 def test_headct_protocol():
     t = load_task("headct", root=SHARED_DATA)
     c = t.counts()
-    assert len(t.train) == 60 and c["test"]["normal"] == 40
+    assert len(t.train) == 58 and c["test"]["normal"] == 40
     assert c["test"]["kinds"]["hemorrhage"] == 100 and c["test"]["abnormal"] == 100
-    assert not _hashes(t.train) & _hashes(t.test) and not t.removed
+    assert not _hashes(t.train) & _hashes(t.test)
+    # 2 of the 60 drawn training normals are near-copies (re-framed or adjacent slices) of test images
+    assert len(t.removed) == 2 and t.meta["near_duplicates_removed"] == 2
     again = load_task("headct", root=SHARED_DATA)
     assert [s.path for s in again.train] == [s.path for s in t.train]
 
@@ -79,8 +81,10 @@ def test_headct_protocol():
 def test_brainmri_protocol_keeps_duplicates_on_one_side():
     t = load_task("brainmri", root=SHARED_DATA)
     c = t.counts()
-    assert len(t.train) == 58 and c["test"]["normal"] == 40 and c["test"]["abnormal"] == 155
-    assert not _hashes(t.train) & _hashes(t.test) and not t.removed
+    assert len(t.train) == 48 and c["test"]["normal"] == 40 and c["test"]["abnormal"] == 155
+    assert not _hashes(t.train) & _hashes(t.test)
+    # 10 of the 58 drawn training normals are resized or re-encoded copies of test images
+    assert len(t.removed) == 10 and t.meta["near_duplicates_removed"] == 10
     assert any(" " in s.path.name for s in t.train + t.test)  # file names with spaces
 
 
@@ -94,12 +98,15 @@ def test_brain_tumor_81_leaked_normals_are_removed_from_train():
     assert c["test"]["normal"] == 405
     assert c["test"]["kinds"] == {"good": 405, "glioma": 300, "meningioma": 306}
     assert not _hashes(t.train) & _hashes(t.test)
-    assert len({pixel_hash(r.sample) for r in t.removed}) == 81
-    assert len(t.train) + len(t.removed) == 1591 and len(t.removed) == 149
+    exact = [r for r in t.removed if "pixel-identical" in r.reason]
+    assert len({pixel_hash(r.sample) for r in exact}) == 81 and len(exact) == 149
+    # near-copies (resized, re-encoded, re-framed) of test normals: most of the rest of train/good
+    assert len(t.train) + len(t.removed) == 1591 and len(t.removed) == 951
+    assert t.meta["near_duplicates_removed"] == 802
     assert all(all(d.kind == "good" for d in r.duplicate_of) for r in t.removed)
     assert all("extra_train_abnormal" not in s.path.parts for s in t.train + t.test)
     p = load_task("brain_tumor", root=SHARED_DATA, include_pituitary=True)
-    assert p.counts()["test"]["kinds"]["pituitary"] == 300 and len(p.train) == 1442
+    assert p.counts()["test"]["kinds"]["pituitary"] == 300 and len(p.train) <= len(t.train)
 
 
 def test_zhanglab_official_split():
@@ -135,9 +142,30 @@ def test_brats_slices():
 
 def test_check_report_on_brain_tumor():
     r = check_task("brain_tumor", root=SHARED_DATA)
-    assert r["n_removed"] == 149 and r["n_removed_distinct"] == 81
+    assert r["n_removed"] == 951 and r["n_removed_near_duplicates"] == 802
+    assert r["near_duplicates_across_splits_remaining"] == []
     assert len(r["cross_split_duplicates_found"]) == 81
     assert r["cross_split_duplicates_remaining"] == [] and r["unreadable"] == []
-    assert r["splits"]["train"]["n_duplicate_groups"] == 97  # SOURCES.md: 97 groups in train
+    # SOURCES.md: 97 groups in train/good; 67 remain once the near-copies of test images are removed
+    assert r["splits"]["train"]["n_duplicate_groups"] == 67
     assert r["splits"]["train"]["sizes"] == {"min_hw": [224, 224], "max_hw": [224, 224],
                                              "distinct": 1}
+
+
+@pytest.mark.parametrize("name, train, test_normal, test_abnormal",
+                         [("acrima", 154, 155, 396), ("isic", 198, 198, 159), ("mias", 60, 147, 115)])
+def test_development_tasks(name, train, test_normal, test_abnormal):
+    t = load_task(name, root=SHARED_DATA)
+    c = t.counts()
+    assert (len(t.train), c["test"]["normal"], c["test"]["abnormal"]) == (train, test_normal, test_abnormal)
+    assert not t.removed
+    again = load_task(name, root=SHARED_DATA)
+    assert [s.path for s in again.train] == [s.path for s in t.train]
+
+
+def test_mias_is_split_by_woman():
+    from medad.data.registry import mias_woman
+
+    t = load_task("mias", root=SHARED_DATA)
+    train_women = {mias_woman(s.path) for s in t.train}
+    assert len(train_women) == 30 and not train_women & {mias_woman(s.path) for s in t.test}

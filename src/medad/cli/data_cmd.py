@@ -1,7 +1,8 @@
 """``medad data`` — inspect data sets and tasks.
 
-``medad data check PATH_OR_NAME [--root DIR] [--json OUT] [--seed N] [--dedupe train|none]``
-prints per split: counts per label/kind, image sizes and modes, duplicate groups, what
+``medad data check PATH_OR_NAME [--against OTHER ...] [--root DIR] [--json OUT] [--seed N] [--dedupe train|none]``
+prints per split: counts per label/kind, image sizes and modes, exact and near-duplicate groups, near-copies
+in other tasks (``--against``), what
 de-duplication removed and unreadable files.  Exit status: 0 = fine, 1 = unreadable files
 were found, 2 = the task could not be built (message on stderr).
 
@@ -41,6 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--seed", type=number_type("seed"), default=0, help="split seed (unsplit layouts, volumes)")
     c.add_argument("--dedupe", choices=("train", "none"), default="train",
                    help="'train': remove training images duplicated in test/valid; 'none': keep them")
+    c.add_argument("--against", nargs="+", default=[], metavar="OTHER",
+                   help="also search these tasks (registry names, folders or CSVs) for near-copies "
+                        "(resized, re-encoded, cropped) of this task's images")
     c.add_argument("--quiet", action="store_true", help="print nothing; the exit status tells (1: unreadable files)")
     sub.add_parser("list", help="list the registry tasks and the papers' data recipes (present or absent)")
     p.set_defaults(func=run, _data_parser=p)
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from medad.data.tasks import TaskLayoutError
 
     try:
-        report = check_task(args.target, root=args.root, seed=args.seed, dedupe=args.dedupe)
+        report = check_task(args.target, root=args.root, against=args.against, seed=args.seed,
+                            dedupe=args.dedupe)
     except (TaskLayoutError, ImageReadError, FileNotFoundError, KeyError) as exc:
         print(f"medad: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from .io import ImageReadError, image_info
 from .leakage import cross_split_duplicates, find_duplicates, pixel_hash
+from .near_duplicates import near_duplicate_groups, near_duplicate_pairs
 from .tasks import Sample, Task, load_task
 
-__all__ = ["check_task", "report_task", "format_check"]
+__all__ = ["check_task", "report_task", "report_against", "format_check"]
 
 _FMT_SUFFIX = {"JPEG": {".jpg", ".jpeg"}, "PNG": {".png"}, "BMP": {".bmp"},
                "TIFF": {".tif", ".tiff"}, "GIF": {".gif"}, "WEBP": {".webp"}}
@@ -60,6 +61,7 @@ def _split_report(samples: list[Sample]) -> dict:
         if allowed is not None and s.path.suffix.lower() not in allowed:
             mismatch.append(str(s.path))
     groups = find_duplicates(samples)
+    near = near_duplicate_groups(samples)
     hs = [h for h, _ in sizes.items()]
     return {
         "n": len(samples),
@@ -76,6 +78,8 @@ def _split_report(samples: list[Sample]) -> dict:
         "duplicate_groups": [[_name(s) for s in g] for g in groups],
         "n_duplicate_groups": len(groups),
         "n_duplicate_files": sum(len(g) for g in groups),
+        "near_duplicate_groups": [[_name(s) for s in g] for g in near],
+        "n_near_duplicate_groups": len(near),
     }
 
 
@@ -91,6 +95,8 @@ def report_task(task: Task) -> dict:
         return {sp: [_name(s) for s in ss] for sp, ss in g.items()}
 
     removed_hashes = {pixel_hash(r.sample) for r in task.removed}
+    near_remaining = near_duplicate_pairs([s for k, v in splits.items() if k != "train" for s in v],
+                                          list(task.train))
     return {
         "task": task.name,
         "root": str(task.root) if task.root else None,
@@ -105,6 +111,10 @@ def report_task(task: Task) -> dict:
                      "duplicate_of": [_name(d) for d in r.duplicate_of]} for r in task.removed],
         "n_removed": len(task.removed),
         "n_removed_distinct": len(removed_hashes),
+        "n_removed_near_duplicates": task.meta.get("near_duplicates_removed", 0),
+        "near_duplicates_across_splits_remaining": [
+            {"evaluation": _name(m.query), "train": _name(m.match), "similarity": round(m.similarity, 4)}
+            for m in near_remaining],
         "unreadable": [{"path": str(s.path), "reason": s.reason} for s in task.skipped],
         "ignored": task.meta.get("ignored", 0),
         "meta": {k: v for k, v in task.meta.items()
@@ -113,14 +123,54 @@ def report_task(task: Task) -> dict:
     }
 
 
+def _all_images(task: Task) -> list[Sample]:
+    return [*task.train, *task.valid, *task.test, *(r.sample for r in task.removed)]
+
+
+def report_against(task: Task, other: Task) -> dict:
+    """Near-duplicates of ``task``'s images among every image of ``other`` (all splits, removed ones too).
+
+    Per split of ``task`` and label: how many images have a near-copy in ``other``, with the pairs.
+    """
+    pool = _all_images(other)
+    where = {id(s): split for split, ss in other.splits.items() for s in ss}
+    where.update({id(r.sample): "removed" for r in other.removed})
+    out: dict = {"against": other.name, "root": str(other.root) if other.root else None, "splits": {}}
+    for split, samples in task.splits.items():
+        if not samples:
+            continue
+        pairs = near_duplicate_pairs(samples, pool)
+        best: dict[int, object] = {}
+        for m in pairs:
+            best.setdefault(id(m.query), m)
+        row = {}
+        for label, what in ((0, "normal"), (1, "abnormal")):
+            members = [s for s in samples if s.label == label]
+            if not members:
+                continue
+            hits = [best[id(s)] for s in members if id(s) in best]
+            row[what] = {"n": len(members), "near_duplicates": len(hits),
+                         "pairs": [{"image": _name(m.query), "copy": _name(m.match),
+                                    "copy_split": where.get(id(m.match)), "similarity": round(m.similarity, 4)}
+                                   for m in hits]}
+        out["splits"][split] = row
+    return out
+
+
 def check_task(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None,
-               **options) -> dict:
-    """Build a task (registry name, folder or CSV) and return its check report (a dict)."""
+               against: list[str] | tuple[str, ...] = (), **options) -> dict:
+    """Build a task (registry name, folder or CSV) and return its check report (a dict).
+
+    ``against`` names other tasks (registry names, folders or CSVs) to search for near-copies of this
+    task's images (:func:`report_against`).
+    """
     options.setdefault("skip_unreadable", True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         task = load_task(name_or_path, root=root, **options)
+        others = [load_task(o, root=root, **options) for o in against]
     report = report_task(task)
+    report["against"] = [report_against(task, other) for other in others]
     report["warnings"] = sorted({str(w.message) for w in caught})
     return report
 
@@ -156,12 +206,14 @@ def _split_details(report: dict, max_list: int) -> list[str]:
         if r["suffix_mismatch"]:
             lines.append(f"    {len(r['suffix_mismatch'])} file(s) whose content format "
                          f"differs from the suffix, e.g. {r['suffix_mismatch'][0]}")
-        lines.append(f"    duplicate groups inside {split}: {r['n_duplicate_groups']} "
-                     f"({r['n_duplicate_files']} files)")
-        for g in r["duplicate_groups"][:max_list]:
-            lines.append("      = " + " | ".join(Path(p).name for p in g))
-        if len(r["duplicate_groups"]) > max_list:
-            lines.append(f"      ... {len(r['duplicate_groups']) - max_list} more")
+        for what, key in (("duplicate", "duplicate_groups"), ("near-duplicate", "near_duplicate_groups")):
+            groups = r[key]
+            lines.append(f"    {what} groups inside {split}: {len(groups)} "
+                         f"({sum(len(g) for g in groups)} files)")
+            for g in groups[:max_list]:
+                lines.append("      = " + " | ".join(Path(p).name for p in g))
+            if len(groups) > max_list:
+                lines.append(f"      ... {len(groups) - max_list} more")
     return lines
 
 
@@ -176,7 +228,11 @@ def _cross_split(report: dict, max_list: int) -> list[str]:
     if len(rem) > max_list:
         lines.append(f"      ... {len(rem) - max_list} more")
     lines.append(f"  removed from train: {report['n_removed']} file(s) "
-                 f"({report['n_removed_distinct']} distinct images) duplicated in test/valid")
+                 f"({report['n_removed_distinct']} distinct images) duplicated in test/valid, "
+                 f"{report.get('n_removed_near_duplicates', 0)} of them near-duplicates "
+                 "(resized, re-encoded or cropped copies)")
+    near = report.get("near_duplicates_across_splits_remaining", [])
+    lines.append(f"  near-duplicates of evaluation images left in train: {len(near)}")
     for r in report["removed"][:max_list]:
         lines.append(f"      - {Path(r['path']).name}: {r['reason']}")
     if report["n_removed"] > max_list:
@@ -210,8 +266,24 @@ def _layout_notes(report: dict) -> list[str]:
     return lines
 
 
+def _against(report: dict, max_list: int) -> list[str]:
+    """Near-copies of this task's images in other tasks (``--against``)."""
+    lines = []
+    for other in report.get("against", []):
+        lines.append(f"  near-duplicates in task {other['against']} (all its images):")
+        for split, row in other["splits"].items():
+            for what, r in row.items():
+                lines.append(f"    {split} {what}: {r['near_duplicates']} of {r['n']}")
+                for pair in r["pairs"][:max_list]:
+                    lines.append(f"      ~ {Path(pair['image']).name} ≈ {Path(pair['copy']).name} "
+                                 f"({pair['copy_split']}, {pair['similarity']:.3f})")
+                if len(r["pairs"]) > max_list:
+                    lines.append(f"      ... {len(r['pairs']) - max_list} more")
+    return lines
+
+
 def format_check(report: dict, *, max_list: int = 5) -> str:
     """Human-readable text of a :func:`check_task` report."""
     lines = [*_split_table(report), "", *_split_details(report, max_list), "", *_cross_split(report, max_list),
-             *_layout_notes(report)]
+             *_against(report, max_list), *_layout_notes(report)]
     return "\n".join(lines)

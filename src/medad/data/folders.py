@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .io import ImageReadError, file_kind
 from .leakage import dedupe_task, pixel_hash
+from .near_duplicates import clean_task
 from .samples import Sample, SkippedFile, Task, TaskLayoutError
 
 __all__ = ["NORMAL_NAMES", "Collector", "detect_layout", "finish", "finish_task", "from_mvtec", "from_unsplit",
@@ -191,6 +192,7 @@ def _check_and_dedupe(task: Task, dedupe: str) -> Task:
                       stacklevel=4)
     if dedupe == "train":
         dedupe_task(task)
+        clean_task(task)
     task.meta["dedupe"] = dedupe
     return task
 
@@ -296,11 +298,15 @@ def _order(s: Sample) -> str:
 
 
 def _split_normals(normals: list[Sample], n_train: int, n_test: int, seed: int,
-                   group_duplicates: bool) -> tuple[list[Sample], list[Sample], list[Sample]]:
-    """Seeded, duplicate-aware split (identical images stay together)."""
+                   group_duplicates: bool, group_of: Callable[[Path], str] | None = None,
+                   ) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Seeded, group-aware split: identical images (or one ``group_of`` key, e.g. a patient) stay together."""
     groups: dict[str, list[Sample]] = {}
     for i, s in enumerate(normals):
-        key = pixel_hash(s) if group_duplicates else str(i)
+        if group_of is not None:
+            key = group_of(s.path)
+        else:
+            key = pixel_hash(s) if group_duplicates else str(i)
         groups.setdefault(key, []).append(s)
     ordered = list(groups.values())
     perm = np.random.default_rng(seed).permutation(len(ordered))
@@ -321,7 +327,8 @@ def from_unsplit(root: str | os.PathLike, *, name: str | None = None, seed: int 
                  include_kinds: Sequence[str] | None = None,
                  exclude_kinds: Sequence[str] | None = None,
                  labels: Mapping[str, int] | None = None, skip_unreadable: bool = False,
-                 dedupe: str = "train", validate: bool = True, description: str = "") -> Task:
+                 dedupe: str = "train", validate: bool = True, description: str = "",
+                 group_of: Callable[[Path], str] | None = None) -> Task:
     """Build a task from ``all/normal`` + ``all/<kind>`` (module doc, layout (ii)).
 
     ``root`` may be the folder holding ``all/`` or the pool of label folders itself.  The
@@ -330,6 +337,9 @@ def from_unsplit(root: str | os.PathLike, *, name: str | None = None, seed: int 
     while it has room for the whole group, else to test while it has room, else unused
     (``task.meta["unused_normal"]``).  Defaults: ``n_train_normal = n // 2``,
     ``n_test_normal = n − n_train_normal``.
+
+    ``group_of`` maps a file to its group (a patient, a woman): a group is never split, groups that hold
+    an abnormal image go wholly to test, and only whole all-normal groups are drawn for training.
     """
     root = Path(root)
     pool = root / "all" if (root / "all").is_dir() else root
@@ -372,8 +382,16 @@ def from_unsplit(root: str | os.PathLike, *, name: str | None = None, seed: int 
         raise TaskLayoutError(
             f"{pool}: cannot take {n_tr} train + {n_te} test normals from {n} normal images "
             f"(n_train_normal must be ≥ 1 and n_train_normal + n_test_normal ≤ {n})")
-    train, test_normal, unused = _split_normals(normals, n_tr, n_te, seed,
-                                                group_duplicates=dedupe != "none")
+    if group_of is not None:
+        abnormal_groups = {group_of(s.path) for s in abnormal}
+        held = [s for s in normals if group_of(s.path) in abnormal_groups]
+        free = [s for s in normals if group_of(s.path) not in abnormal_groups]
+        train, test_normal, unused = _split_normals(free, n_tr, max(0, n_te - len(held)), seed,
+                                                    group_duplicates=False, group_of=group_of)
+        test_normal = held + test_normal
+    else:
+        train, test_normal, unused = _split_normals(normals, n_tr, n_te, seed,
+                                                    group_duplicates=dedupe != "none")
     task.train = sorted(train, key=_order)
     task.test = sorted(test_normal, key=_order) + abnormal
     task.meta.update(n_normal=n, unused_normal=len(unused),

@@ -16,6 +16,7 @@ See ``docs/DATA.md`` for the splits and counts of every task.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -98,6 +99,26 @@ def _mvtec(name: str):
     return build
 
 
+def _half_split(name: str):
+    def build(root: Path, seed: int, **opts) -> Task:
+        return from_unsplit(root, name=name, seed=seed, **opts)
+
+    return build
+
+
+def mias_woman(path: Path) -> str:
+    """The woman of a mini-MIAS image: images ``mdb(2k−1)`` and ``mdb(2k)`` are her two breasts."""
+    match = re.match(r"mdb(\d+)", Path(path).name)
+    if match is None:
+        raise TaskLayoutError(f"{path}: not a mini-MIAS file name (mdbNNN...)")
+    return f"woman{(int(match.group(1)) + 1) // 2:03d}"
+
+
+def _mias(root: Path, seed: int, **opts) -> Task:
+    opts.setdefault("n_train_normal", 60)
+    return from_unsplit(root, name="mias", seed=seed, group_of=mias_woman, **opts)
+
+
 def _brats(root: Path, seed: int, **opts) -> Task:
     return from_volume_slices(root / "BRATS_HG0015_FLAIR.mha", root / "BRATS_HG0015_truth.mha",
                               name="brats_slices", seed=seed, **opts)
@@ -145,6 +166,28 @@ REGISTRY: dict[str, TaskSpec] = {
             "64 normal slices: a contiguous block of 32 train (seed 0: the lowest slices); "
             "test the other 32 normal + all 80 tumour slices",
             _brats, {"train": 32, "test_normal": 32, "test_abnormal": 80}),
+        TaskSpec(
+            "acrima", "acrima_glaucoma_fundus", "colour fundus (optic-disc crops)",
+            "ACRIMA glaucoma: 309 normal + 396 glaucoma fundus crops, no source split "
+            "(development task; stand-in for the D²4FAD paper's LAG)",
+            "seeded duplicate-aware split of all/normal: half (154) train normals; test the other "
+            "155 normal + all 396 glaucoma",
+            _half_split("acrima"), {"train": 154, "test_normal": 155, "test_abnormal": 396}),
+        TaskSpec(
+            "isic", "isic_nevus_melanoma", "dermoscopy (skin lesions)",
+            "ISIC nevus vs melanoma: 396 nevus ('normal': benign lesion) + 159 melanoma, no "
+            "source split (development task)",
+            "seeded duplicate-aware split of all/normal: half (198) train normals; test the other "
+            "198 normal + all 159 melanoma",
+            _half_split("isic"), {"train": 198, "test_normal": 198, "test_abnormal": 159}),
+        TaskSpec(
+            "mias", "mias_mammography", "film mammography (MLO)",
+            "mini-MIAS: 207 normal + 115 abnormal (mass, calcification, architectural distortion, "
+            "asymmetry) of 161 women (development task)",
+            "split by woman (mdb(2k−1) + mdb(2k) = woman k): 60 train normals from 30 seeded women "
+            "whose both breasts are normal; test every image of the other 131 women (147 normal + "
+            "115 abnormal)",
+            _mias, {"train": 60, "test_normal": 147, "test_abnormal": 115}),
     ]
 }
 
