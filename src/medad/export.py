@@ -8,11 +8,12 @@ smoothing and the image score.
   normalised to [0, 1], grey replicated to 3 channels, resized to the checkpoint's ``image_size`` S).
   The batch size B is dynamic; S is fixed.
 * Outputs ``anomaly_map`` (``B×S×S``) and ``score`` (``B``).
-* Few-shot models (``d24fad_nn``, ``d24fad``): with support images the supports' features are computed
-  once and baked into the graph as constants; without them, the tensors of the model's support bank
-  (``model.prepare_supports(images).to_tensors()``: ``patches``, ``stats``, ``student<i>`` …) are
-  further inputs, named as in that dict, their first dimension (K rows) dynamic.  An ONNX graph keeps the
-  ones its scoring reads (D²4FAD-NN's default: ``patches`` and ``stats``); :func:`run_onnx` feeds them.
+* Few-shot models (``d24fad_nn``, ``d24fad``, and PatchCore-K: ``patchcore``): with support images the
+  supports' features are computed once and baked into the graph as constants; without them, the tensors of
+  the model's support bank (``model.prepare_supports(images).to_tensors()``: ``patches``, ``stats``,
+  ``student<i>`` …) are further inputs, named as in that dict, their first dimension (K rows, or K·h·w
+  patches) dynamic.  An ONNX graph keeps the ones its scoring reads (D²4FAD-NN's default: ``patches`` and
+  ``stats``); :func:`run_onnx` feeds them.
 * ONNX graphs use opset :data:`ONNX_OPSET` (torch's TorchScript-based exporter); TorchScript graphs are
   traced.
 """
@@ -30,8 +31,7 @@ import torch
 from torch import nn
 
 from medad.io_utils import atomic_path
-from medad.models.d24fad import QueryFeatures
-from medad.models.registry import methods
+from medad.models.base import OneClassModel
 from medad.scoring import anomaly_maps, image_scores
 
 #: ONNX operator set of exported graphs (onnxruntime ≥ 1.12 runs it)
@@ -69,9 +69,7 @@ class FewShotGraph(nn.Module):
         tensors = (dict(zip(self.names, supports, strict=False)) if supports else
                    {name: getattr(self, f"support_{name}") for name in self.names})
         bank = self.model.supports_from_tensors({**tensors, "k": torch.tensor(self.k)})
-        teacher = self.model.teacher(images)
-        queries = QueryFeatures(teacher, self.model.student(teacher), tuple(images.shape[-2:]))
-        maps, scores, _ = self.model.score_encoded(queries, bank)
+        maps, scores, _ = self.model.score_encoded(self.model.encode_queries(images), bank)
         return maps, scores
 
 
@@ -95,7 +93,7 @@ def scoring_graph(model: nn.Module, image_size: int, support_images: torch.Tenso
     model = model.cpu().eval()
     images = torch.rand(example_batch, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     dynamic = {"images": {0: "batch"}, "anomaly_map": {0: "batch"}, "score": {0: "batch"}}
-    if model.method not in methods("few_shot"):
+    if isinstance(model, OneClassModel):
         if support_images is not None:
             raise ValueError(f"a {model.method} model takes no support images: it was trained on its task")
         return ScoringGraph(OneClassGraph(model).eval(), (images,), ["images"], dynamic)

@@ -10,7 +10,9 @@ caption is also stored as the PNG's ``Description``.  Drawn with Pillow (a few m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +22,9 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from medad.io_utils import atomic_path
+
+if TYPE_CHECKING:
+    from medad.engine.thresholds import Threshold
 
 MAX_SIDE = 512
 MIN_SIDE = 128
@@ -127,3 +132,37 @@ def save_heatmap_figure(path: str | Path, image: np.ndarray, amap: np.ndarray, v
     info.add_text("Description", caption)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG", pnginfo=info)
+
+
+def write_heatmaps(out_dir: Path, names: list[str], originals: Iterable[torch.Tensor], maps: np.ndarray,
+                   scores: np.ndarray, *, titles: list[str] | None = None, threshold: Threshold | None = None,
+                   labels: list[int] | None = None) -> None:
+    """One heat-map figure per image (``names`` give the file names, ``titles`` the captions' first lines;
+    ``originals`` the images at their own resolution), on a colour scale shared by all of them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
+    for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores, strict=True)):
+        lines = [(titles or names)[index], f"score {score:.4g}"]
+        if threshold is not None and threshold.value is not None:
+            lines[1] += f" · {threshold.verdict(score)}"
+        if labels is not None:
+            lines[1] += f" · label: {'abnormal' if labels[index] else 'normal'}"
+        save_heatmap_figure(out_dir / f"{stem}.png", image.numpy(), amap, vmin, vmax, "\n".join(lines))
+
+
+def write_ranked_heatmaps(out_dir: Path, paths: list[str], labels: list[int], maps: np.ndarray, scores: np.ndarray,
+                          load_original, per_end: int = 8) -> list[int]:
+    """Heat maps of the ``per_end`` least and most anomalous of labelled images (all when there are at most
+    2 × ``per_end``) and ``index.csv`` (file, path, label, score); ``load_original(i)`` gives image i at its own
+    resolution.  Returns the indices shown, least anomalous first."""
+    from medad.engine.run_folder import HEATMAP_INDEX, RunFolder
+
+    order = np.argsort(scores, kind="stable")
+    shown = np.concatenate([order[:per_end], order[-per_end:]]) if len(order) > 2 * per_end else order
+    names = [f"{'abnormal' if labels[i] else 'normal'}_{Path(paths[i]).stem}" for i in shown]
+    write_heatmaps(out_dir, names, (load_original(i) for i in shown), maps[shown], scores[shown],
+                   titles=[paths[i] for i in shown], labels=[labels[i] for i in shown])
+    RunFolder(out_dir).write_csv(HEATMAP_INDEX, ["file", "path", "label", "score"],
+                                 ((f"{stem}.png", paths[i], labels[i], float(scores[i]))
+                                  for stem, i in zip(heatmap_file_stems(names), shown, strict=True)))
+    return [int(i) for i in shown]

@@ -109,10 +109,16 @@ def test_results_and_runs_give_one_self_contained_page(tmp_path):
     assert report.path == tmp_path / "report" / "index.html" and "<title>Tiny report</title>" in page
     # every figure is embedded and also saved beside the page, byte for byte
     embedded = _embedded_pngs(page)
-    assert len(embedded) == len(report.figures) == 6  # bars, ROC, distributions, 2 heat-map grids, weights
+    # summary, bars, ROC, distributions, 2 heat-map grids, weights
+    assert len(embedded) == len(report.figures) == 7
     for name, data in zip(report.figures, embedded, strict=True):
         assert base64.b64decode(data) == (tmp_path / "report" / name).read_bytes()
-    assert {"bars_tiny.png", "roc.png", "score_distributions.png"} <= set(report.figures)
+    assert {"summary_tiny.png", "bars_tiny.png", "roc.png", "score_distributions.png"} <= set(report.figures)
+    # the page opens with the summary: the headline method against its baseline; long tables are folded away
+    assert page.index("<h2>Summary</h2>") < page.index("<h2>Results</h2>")
+    assert re.search(r"<td>d24fad</td><td class=num>[\d.]+</td><td>patchcore</td><td class=num>[\d.]+</td>"
+                     r"<td class=num>\+10\.0</td><td class=num>1 / 1</td>", page)
+    assert page.count("<details><summary>table:") == 3
     assert any(name.startswith("heatmaps_run") for name in report.figures)
     assert any(name.startswith("heatmaps_fs") for name in report.figures)
     assert any(name.startswith("support_weights_fs") for name in report.figures)
@@ -172,14 +178,14 @@ def test_figures_named_by_a_results_file_are_embedded_and_missing_ones_noted(tmp
     assert "tiny_heatmaps_headct.png" in report.figures and "A vs B" in page
     assert (tmp_path / "out" / "tiny_heatmaps_headct.png").read_bytes() == (
         tmp_path / "tiny_heatmaps_headct.png").read_bytes()
-    assert len(_embedded_pngs(page)) == len(report.figures) == 2  # bars + the named figure
+    assert len(_embedded_pngs(page)) == len(report.figures) == 3  # summary, bars, the named figure
     assert any("absent.png" in note and "not found" in note for note in report.notes)
 
 
 def test_results_alone_say_what_is_missing(tmp_path):
     report = build_report([_results_file(tmp_path / "tiny.json")], tmp_path / "out")
     page = report.path.read_text()
-    assert report.figures == ["bars_tiny.png"] and len(_embedded_pngs(page)) == 1
+    assert report.figures == ["summary_tiny.png", "bars_tiny.png"] and len(_embedded_pngs(page)) == 2
     assert page.count("class='missing'") == 3
     for text in ("ROC curves and score distributions need per-image scores", "no heat-map folders",
                  "support weights come from `medad fewshot evaluate` runs"):

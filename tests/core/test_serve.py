@@ -6,23 +6,24 @@ import csv
 import io
 import json
 import re
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("flask", reason="medad serve needs Flask (pip install -e '.[test,deploy]')")
 
 from medad.cli.main import main  # noqa: E402
-from medad.models.factory import load_trained_model  # noqa: E402
+from medad.engine.scorers import load_scorer  # noqa: E402
 from medad.serve.app import FewShotScorer, create_app  # noqa: E402
 from medad.serve.uploads import Limits  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def app_and_folder(fewshot_checkpoint, tmp_path_factory):
-    model, meta = load_trained_model(fewshot_checkpoint)
+    scorers = {"d24fad_nn": load_scorer(checkpoint=fewshot_checkpoint), "patchcore": load_scorer("patchcore")}
     workdir = tmp_path_factory.mktemp("serve")
     limits = Limits(max_file_bytes=200_000, max_references=4, max_queries=6)
-    app = create_app(FewShotScorer(model, meta["image_size"]), workdir, limits, meta)
+    app = create_app(FewShotScorer(scorers, "d24fad_nn"), workdir, limits)
     return app.test_client(), workdir
 
 
@@ -30,9 +31,9 @@ def _files(paths):
     return [(io.BytesIO(path.read_bytes()), path.name) for path in paths]
 
 
-def _post(client, references, queries, threshold="auto"):
+def _post(client, references, queries, threshold="auto", method=""):
     return client.post("/score", data={"references": _files(references), "queries": _files(queries),
-                                       "threshold": threshold}, content_type="multipart/form-data")
+                                       "threshold": threshold, "method": method}, content_type="multipart/form-data")
 
 
 def _page_scores(html: str) -> dict[str, float]:
@@ -111,3 +112,21 @@ def test_a_fixed_threshold_decides_the_verdicts_and_one_reference_gives_none(app
     html = _post(client, [phantom_chest.train[0].path], queries).get_data(as_text=True)
     assert "no automatic threshold from a single reference" in html
     assert html.count('<td class="verdict">—</td>') == 4 and len(_page_scores(html)) == 4
+
+
+def test_the_page_offers_both_methods_and_patchcore_scores_as_the_cli(app_and_folder, phantom_chest, tmp_path):
+    client, _ = app_and_folder
+    page = client.get("/").get_data(as_text=True)
+    assert 'value="d24fad_nn" checked' in page and 'value="patchcore"' in page and "training-free" in page
+    references = [sample.path for sample in phantom_chest.train[:3]]
+    queries = [sample.path for sample in phantom_chest.test[4:7]]
+    html = _post(client, references, queries, method="patchcore").get_data(as_text=True)
+    assert "Scored with PatchCore-K" in html and 'value="patchcore" checked' in html
+    out = tmp_path / "cli"
+    assert main(["fewshot", "score", "--method", "patchcore", "--support", *map(str, references), "--query",
+                 *map(str, queries), "--out", str(out), "--support-cache", str(tmp_path / "cache"), "--quiet"]) == 0
+    with open(out / "scores.csv") as handle:
+        cli = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
+    assert _page_scores(html) == pytest.approx(cli, abs=1e-5)
+    response = _post(client, references, queries, method="rd4ad")
+    assert response.status_code == 400 and "method: expected one of d24fad_nn, patchcore" in response.get_data(as_text=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
-from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,8 +19,8 @@ import yaml
 from medad import __version__, console
 from medad.cli.errors import CliError
 from medad.data.quality import MIN_SIDE
+from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, ScoringModel, load_scorer
 from medad.engine.run_folder import REPORT_DIR, SCORES_CSV, SCORES_JSON, RunFolder
-from medad.engine.thresholds import Threshold
 from medad.options import OptionError, number_type, parse_threshold
 
 if TYPE_CHECKING:
@@ -102,6 +101,23 @@ def describe_device(device: torch.device) -> str:
     return f"{device}{name} ({'autocast ' + str(dtype).removeprefix('torch.') if dtype else 'float32'})"
 
 
+def add_scorer_options(parser: argparse.ArgumentParser) -> None:
+    """``--method`` and ``--checkpoint`` of a command that scores few-shot (see :mod:`medad.engine.scorers`)."""
+    parser.add_argument("--method", choices=FEWSHOT_METHODS,
+                        help="d24fad_nn: the learned few-shot model (medad's bundled one unless --checkpoint names "
+                             "another); patchcore: PatchCore-K on the teacher, training-free "
+                             f"(default: {DEFAULT_FEWSHOT_METHOD}, or the checkpoint's)")
+    parser.add_argument("--checkpoint", help="another few-shot model: a run folder, a demo folder or a .safetensors "
+                                             "file (default: the bundled model)")
+
+
+def load_chosen_scorer(args: argparse.Namespace, device: torch.device | str) -> ScoringModel:
+    """The scorer of ``--method`` / ``--checkpoint``; says which model scores."""
+    scorer = load_scorer(args.method, args.checkpoint, args.weights, device)
+    console.info(f"model: {scorer.name}")
+    return scorer
+
+
 def run_record(command: str, options: dict[str, Any], device: torch.device | None = None) -> dict[str, Any]:
     """What a run folder records about how it was made (and on which device, when given)."""
     import torch
@@ -128,24 +144,6 @@ def write_scores(run: RunFolder, paths: list[str], scores: np.ndarray, labels: l
     columns = ["path", "score"] + (["label"] if labels is not None else [])
     run.write_csv(SCORES_CSV, columns, ([row[c] for c in columns] for row in rows))
     run.write_json(SCORES_JSON, {"threshold": None, "images": rows})
-
-
-def write_heatmaps(out_dir: Path, names: list[str], originals: Iterable[torch.Tensor], maps: np.ndarray,
-                   scores: np.ndarray, *, titles: list[str] | None = None, threshold: Threshold | None = None,
-                   labels: list[int] | None = None) -> None:
-    """One heat-map figure per image (``names`` give the file names, ``titles`` the captions' first lines;
-    ``originals`` the images at their own resolution), on a colour scale shared by all of them."""
-    from medad.visualize import heatmap_file_stems, save_heatmap_figure
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
-    for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores, strict=True)):
-        lines = [(titles or names)[index], f"score {score:.4g}"]
-        if threshold is not None and threshold.value is not None:
-            lines[1] += f" · {threshold.verdict(score)}"
-        if labels is not None:
-            lines[1] += f" · label: {'abnormal' if labels[index] else 'normal'}"
-        save_heatmap_figure(out_dir / f"{stem}.png", image.numpy(), amap, vmin, vmax, "\n".join(lines))
 
 
 def write_run_report(out_dir: Path, title: str) -> None:

@@ -9,6 +9,7 @@ from medad import __version__, console
 from medad.cli.common import add_quiet_option
 from medad.cli.errors import CliError
 from medad.engine.run_folder import RunFolder
+from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS
 from medad.io_utils import write_json
 from medad.models.registry import methods
 
@@ -25,7 +26,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "image size, B dynamic) to the anomaly maps (B×S×S) and image scores (B), and a JSON "
                     "description beside it (OUT.json). ONNX uses opset 17. Few-shot checkpoints: --support "
                     "bakes the supports' features in; without it they are further inputs of the graph.")
-    export.add_argument("--checkpoint", required=True, help="run folder or model.safetensors")
+    export.add_argument("--method", choices=FEWSHOT_METHODS,
+                        help="without --checkpoint: d24fad_nn (medad's bundled few-shot model) or patchcore "
+                             f"(PatchCore-K on the teacher, training-free) (default: {DEFAULT_FEWSHOT_METHOD})")
+    export.add_argument("--checkpoint", help="run folder, demo folder or model.safetensors, of any method (default: "
+                                             "the bundled few-shot model, or --method)")
     export.add_argument("--format", choices=FORMATS, default="onnx", help="graph format")
     export.add_argument("--out", required=True, help="file to write (e.g. model.onnx, model.pt)")
     export.add_argument("--support", nargs="+", metavar="IMAGE_OR_DIR",
@@ -43,6 +48,7 @@ def run_export(args: argparse.Namespace) -> int:
     from medad.engine.fewshot import leave_one_out_scores
     from medad.engine.thresholds import support_threshold
     from medad.export import export_graph, scoring_graph, verify_export
+    from medad.engine.scorers import checkpoint_file, load_scorer
     from medad.models.factory import load_trained_model
 
     out = Path(args.out)
@@ -52,11 +58,19 @@ def run_export(args: argparse.Namespace) -> int:
     if (out.exists() or description.exists()) and not args.overwrite:
         raise CliError(f"--out {out} already exists; pass --overwrite to replace it, or choose another --out")
     RunFolder(out.parent, flag="--out").check_writable()
-    model, meta = load_trained_model(args.checkpoint, args.weights, device="cpu")
+    if args.checkpoint and args.method:
+        raise CliError("--method chooses a model when there is no --checkpoint; give one of them")
+    if args.checkpoint:  # any method's checkpoint, one-class ones too
+        model, meta = load_trained_model(checkpoint_file(args.checkpoint), args.weights, device="cpu")
+        console.info(f"model: {meta['method']} checkpoint {args.checkpoint}")
+    else:
+        scorer = load_scorer(args.method, None, args.weights, "cpu")
+        model, meta = scorer.model, scorer.meta
+        console.info(f"model: {scorer.name}")
     size = meta["image_size"]
     support_images, support_paths, threshold = None, [], None
     if args.support:
-        if meta["method"] not in methods("few_shot"):
+        if meta["method"] not in (*methods("few_shot"), "patchcore"):
             raise CliError(f"--support: {args.checkpoint} is a {meta['method']} checkpoint, which takes no support "
                            "images; drop --support")
         support = load_inputs(args.support, size, flag="--support")
@@ -74,7 +88,8 @@ def run_export(args: argparse.Namespace) -> int:
         verification = None
         console.warn("not verified: onnxruntime is not installed (pip install onnxruntime)")
     write_json(description, {
-        "format": args.format, "opset": result.opset, "medad_version": __version__, "checkpoint": str(args.checkpoint),
+        "format": args.format, "opset": result.opset, "medad_version": __version__,
+        "checkpoint": str(args.checkpoint or meta["method"]),
         "method": meta["method"], "teacher": meta["teacher"], "image_size": size,
         "inputs": {"images": f"float32 B×3×{size}×{size}, values in [0, 1] (grey replicated to 3 channels); "
                              "B dynamic", **{name: "support bank tensor (model.prepare_supports(...).to_tensors()); "

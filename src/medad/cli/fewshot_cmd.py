@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,24 +10,25 @@ import numpy as np
 
 from medad import console
 from medad.backbones import DEFAULT_TEACHER
-from medad.cli.common import (add_device_option, add_input_options, add_quiet_option, describe_device,
-                              parse_model_options, percentile_option, run_record, select_run_device,
-                              threshold_option, write_heatmaps, write_run_report)
+from medad.cli.common import (add_device_option, add_input_options, add_quiet_option, add_scorer_options,
+                              describe_device, load_chosen_scorer, parse_model_options, percentile_option,
+                              run_record, select_run_device, threshold_option, write_run_report)
 from medad.cli.errors import CliError
 from medad.cli.run_cmd import evaluation_folder, format_metrics
 from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
                                     training_processes, with_method_defaults)
 from medad.checkpoints import MODEL_FILE
-from medad.engine.run_folder import (HEATMAP_INDEX, PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
+from medad.engine.run_folder import (PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
                                      fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
 from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold, support_threshold
-from medad.io_utils import atomic_path
-from medad.models.factory import build_model, load_trained_model
-from medad.models.registry import MethodChoices, methods
+from medad.models.factory import build_model
+from medad.models.registry import MethodChoices
 from medad.options import number_type
 
 if TYPE_CHECKING:  # the commands import torch when they run, so that the CLI starts without it
     import torch
+
+    from medad.engine.scorers import ScoringModel
 
 
 #: method, epochs, batch_size, lr and max_queries_per_task default to the registry's (the default few-shot
@@ -78,12 +78,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     train.set_defaults(func=run_train)
 
     evaluate = sub.add_parser("evaluate", help="K-shot evaluation on an unseen task over random support draws")
-    evaluate.add_argument("--checkpoint", required=True, help="few-shot run folder or model.safetensors")
+    add_scorer_options(evaluate)
     evaluate.add_argument("--task", required=True, help="an unseen task: registry name or folder")
     evaluate.add_argument("--k", nargs="+", type=number_type("k"), default=[2, 4, 8], help="support sizes to evaluate")
     evaluate.add_argument("--draws", type=number_type("draws"), default=5, help="random support draws per K")
     evaluate.add_argument("--seed", type=number_type("seed"), default=0, help="seed of the split and the support draws")
-    evaluate.add_argument("--out", help="where metrics go (default: the checkpoint's folder)")
+    evaluate.add_argument("--out", help="where metrics go (default: the checkpoint's folder; required without "
+                                        "--checkpoint)")
     evaluate.add_argument("--data-root", dest="data_root",
                           help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
     evaluate.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
@@ -99,7 +100,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "score", help="score query images or volumes of a new task against K normal support images",
         description="Score 2-D images, NIfTI/MetaImage volumes and DICOM series (every slice with body content) "
                     "against K normal support images.")
-    score.add_argument("--checkpoint", required=True, help="few-shot run folder or model.safetensors")
+    add_scorer_options(score)
     score.add_argument("--support", nargs="+", required=True, help="normal reference images, or folders of them")
     score.add_argument("--query", nargs="+", required=True,
                        help="image or volume files, or folders (searched recursively), to score")
@@ -114,7 +115,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--threshold-percentile", dest="threshold_percentile", type=percentile_option, default=95.0,
                        help="percentile of the held-out normal scores used as the threshold")
     score.add_argument("--support-cache", dest="support_cache", default=str(Path.home() / ".cache/medad/supports"),
-                       help="folder caching the supports' features per checkpoint")
+                       help="folder caching the supports' features per model")
     score.add_argument("--weights", default="imagenet", help="teacher weights: 'imagenet' or a file")
     score.add_argument("--overwrite", action="store_true", help="replace earlier scores in --out")
     add_input_options(score)
@@ -173,19 +174,20 @@ def _complete_fewshot_options(options: dict) -> dict:
 def run_evaluate(args: argparse.Namespace) -> int:
     from medad.data.tasks import load_task
 
+    if args.out is None and args.checkpoint is None:
+        raise CliError("medad fewshot evaluate without --checkpoint needs --out (where the metrics go)")
     run = evaluation_folder(args)
     run.check_writable()
-    device = select_run_device(args.device)
-    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=tuple(methods("few_shot")), device=device)
+    scorer = load_chosen_scorer(args, select_run_device(args.device))
     task = load_task(args.task, root=args.data_root, seed=args.seed, skip_unreadable=args.skip_unreadable)
-    if task.name in meta.get("train_tasks", []):
-        raise CliError(f"--task {task.name} was used to train this checkpoint; few-shot evaluation needs an unseen task")
+    if task.name in scorer.meta.get("train_tasks", []):
+        raise CliError(f"--task {task.name} was used to train {scorer.name}; few-shot evaluation needs an unseen task")
     with run.for_outputs("fewshot evaluate", fewshot_outputs(task.name), overwrite=args.overwrite):
-        _evaluate_task(args, run, model, meta, task)
+        _evaluate_task(args, run, scorer, task)
     return 0
 
 
-def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, task) -> None:
+def _evaluate_task(args: argparse.Namespace, run: RunFolder, scorer: ScoringModel, task) -> None:
     import torch
 
     from medad.data.tasks import load_sample_image
@@ -193,9 +195,9 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
     from medad.engine.evaluate import evaluate_rows
     from medad.engine.fewshot import draw_supports, encode_queries
     from medad.data.images import load_images
-    from medad.visualize import heatmap_file_stems
+    from medad.visualize import write_ranked_heatmaps
 
-    size = meta["image_size"]
+    model, size = scorer.model, scorer.image_size
     normals, _ = load_images(task.train, size, desc=f"loading {task.name} normals")
     test_images, masks = load_images(task.test, size, desc=f"loading {task.name} test")
     labels = [sample.label for sample in task.test]
@@ -231,16 +233,8 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
                                 "queries": paths, "labels": labels, "scores": [float(x) for x in evaluation.scores],
                                 "weights": np.round(weights, 6).tolist()})
             if draw == 0:  # the 8 least and 8 most anomalous test images, with an index of what each file shows
-                order = np.argsort(evaluation.scores, kind="stable")
-                shown = np.concatenate([order[:8], order[-8:]]) if len(order) > 16 else order
-                names = [f"{'abnormal' if labels[i] else 'normal'}_{Path(paths[i]).stem}" for i in shown]
-                heat_dir = run.file(fewshot_heatmaps_dir(task.name, k))
-                write_heatmaps(heat_dir, names, (load_sample_image(task.test[i]) for i in shown),
-                               evaluation.maps[shown], evaluation.scores[shown], titles=[paths[i] for i in shown],
-                               labels=[labels[i] for i in shown])
-                RunFolder(heat_dir).write_csv(HEATMAP_INDEX, ["file", "path", "label", "score"],
-                                              ((f"{stem}.png", paths[i], labels[i], float(evaluation.scores[i]))
-                                               for stem, i in zip(heatmap_file_stems(names), shown, strict=True)))
+                write_ranked_heatmaps(run.file(fewshot_heatmaps_dir(task.name, k)), paths, labels, evaluation.maps,
+                                      evaluation.scores, lambda i: load_sample_image(task.test[i]))
     summary = {}
     for k in args.k:
         aurocs = [r["image_auroc"] for r in records if r["k"] == k]
@@ -249,63 +243,34 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, model, meta: dict, 
     options = {key: value for key, value in vars(args).items() if key != "func"}
     run.write_json(fewshot_metrics_file(task.name),
                    {**run_record("fewshot evaluate", options, module_device(model)), "task": task.name,
-                    "checkpoint": meta,
+                    "checkpoint": scorer.record(),
                     "records": records, "summary": summary,
                     "skipped": [{"path": str(s.path), "reason": s.reason} for s in task.skipped]})
     if not args.no_report:
         write_run_report(run.path, f"medad fewshot evaluate: {task.name}")
 
 
-def _support_cache_file(cache_dir: Path, checkpoint: Path, images: torch.Tensor) -> Path:
-    from medad.features import image_key
-
-    digest = hashlib.sha1(checkpoint.read_bytes())
-    for image in images:
-        digest.update(image_key(image).encode())
-    return cache_dir / f"{digest.hexdigest()}.safetensors"
-
-
-def load_or_prepare_supports(model, checkpoint: Path, support_images: torch.Tensor, cache_dir: Path):
-    """Support features from the cache when this checkpoint has seen these images, else computed and stored.
-
-    The cache holds host tensors; they are loaded onto the model's device.
-    """
-    from safetensors.torch import load_file, save_file
-
-    from medad.device import module_device
-
-    path = _support_cache_file(cache_dir, checkpoint, support_images)
-    if path.is_file():
-        return model.supports_from_tensors(load_file(str(path), device=str(module_device(model))))
-    supports = model.prepare_supports(support_images)
-    with atomic_path(path) as tmp:
-        save_file({name: tensor.cpu() for name, tensor in supports.to_tensors().items()}, str(tmp))
-    return supports
-
-
 def run_score(args: argparse.Namespace) -> int:
     from medad.cli.inputs import load_inputs
     from medad.cli.predictions import print_predictions, score_inputs, write_predictions
+    from medad.device import module_device
     from medad.engine.fewshot import leave_one_out_scores
+    from medad.engine.scorers import load_or_prepare_supports
 
     run = RunFolder(args.out)
     heatmaps = RunFolder(args.heatmaps, flag="--heatmaps") if args.heatmaps else None
     with run.for_outputs("fewshot score", PREDICT_OUTPUTS, overwrite=args.overwrite):
         if heatmaps is not None:
             heatmaps.check_writable()
-        checkpoint = Path(args.checkpoint)
-        checkpoint_file = checkpoint / MODEL_FILE if checkpoint.is_dir() else checkpoint
-        device = select_run_device(args.device)
-        model, meta = load_trained_model(checkpoint_file, args.weights, expected_method=tuple(methods("few_shot")),
-                                         device=device)
-        size = meta["image_size"]
+        scorer = load_chosen_scorer(args, select_run_device(args.device))
+        model, size = scorer.model, scorer.image_size
         read = {"skip_unreadable": args.skip_unreadable, "allow_degenerate": args.allow_degenerate}
         support = load_inputs(args.support, size, flag="--support", **read)
         if support.volumes:
             raise CliError(f"--support: {support.volumes[0].source} is a volume; give normal 2-D reference images")
         queries = load_inputs(args.query, size, flag="--query", **read)
         support_images = support.tensor()
-        supports = load_or_prepare_supports(model, checkpoint_file, support_images, Path(args.support_cache))
+        supports = load_or_prepare_supports(scorer, support_images, Path(args.support_cache))
 
         def predict(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             return model.predict(images, supports)
@@ -313,7 +278,7 @@ def run_score(args: argparse.Namespace) -> int:
         if args.threshold_from:
             heldout = load_inputs([args.threshold_from], size, flag="--threshold-from", **read)
             queries.skipped += heldout.skipped
-            threshold = heldout_threshold(score_inputs(heldout, predict, args.checkpoint).unit_scores(),
+            threshold = heldout_threshold(score_inputs(heldout, predict, scorer.name).unit_scores(),
                                           args.threshold_percentile, args.threshold_from)
         elif args.threshold in (None, "auto"):
             threshold = support_threshold(leave_one_out_scores(model, support_images) if len(support_images) > 1
@@ -323,9 +288,10 @@ def run_score(args: argparse.Namespace) -> int:
         else:
             threshold = fixed_threshold(args.threshold)
         queries.skipped += support.skipped
-        scored = score_inputs(queries, predict, args.checkpoint)
-        record = {**run_record("fewshot score", {k: v for k, v in vars(args).items() if k != "func"}, device),
-                  "checkpoint": meta, "support": [str(image.path) for image in support.images]}
+        scored = score_inputs(queries, predict, scorer.name)
+        record = {**run_record("fewshot score", {k: v for k, v in vars(args).items() if k != "func"},
+                               module_device(model)),
+                  "checkpoint": scorer.record(), "support": [str(image.path) for image in support.images]}
         write_predictions(run, scored, threshold, heatmaps.path if heatmaps else None, record)
     print_predictions(scored, threshold)
     return 0

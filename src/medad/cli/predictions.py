@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from medad import console
-from medad.cli.common import write_heatmaps
 from medad.cli.inputs import Inputs, VolumeInput
 from medad.data.io import array_to_tensor, read_image
 from medad.engine.evaluate import predict_batches
 from medad.engine.run_folder import (ANOMALY_MAPS_DIR, SCORES_CSV, SCORES_JSON, VOLUME_SCORES_CSV, RunFolder)
 from medad.engine.thresholds import Threshold, check_scores
 from medad.io_utils import atomic_path
+from medad.visualize import write_heatmaps
 
 Predict = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

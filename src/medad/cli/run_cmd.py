@@ -8,7 +8,7 @@ from pathlib import Path
 from medad import console
 from medad.backbones import DEFAULT_TEACHER
 from medad.cli.common import (add_device_option, add_input_options, add_quiet_option, describe_device,
-                              parse_model_options, percentile_option, run_record, select_run_device, write_heatmaps,
+                              parse_model_options, percentile_option, run_record, select_run_device,
                               write_run_report, write_scores)
 from medad.cli.errors import CliError
 from medad.cli.training_run import (add_run_options, check_image_size, config_record, shared_options,
@@ -202,6 +202,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         write_scores(run, paths, evaluation.scores, labels)
         run.write_skipped([(str(s.path), s.reason) for s in task.skipped])
         if args.heatmaps:
+            from medad.visualize import write_heatmaps
+
             write_heatmaps(run.file(HEATMAPS_DIR), paths, (load_sample_image(s) for s in task.test), evaluation.maps,
                            evaluation.scores, labels=labels)
         console.info(format_metrics(task.name, evaluation.metrics))

@@ -9,9 +9,8 @@ import tempfile
 from pathlib import Path
 
 from medad import console
-from medad.cli.common import add_device_option, select_run_device
+from medad.cli.common import add_device_option, add_scorer_options, select_run_device
 from medad.cli.errors import CliError
-from medad.models.registry import methods
 from medad.options import number_type
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -21,10 +20,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="a local web app: score query images against K normal references in the browser",
         description="Serve a page where K normal reference images and query images (PNG, JPEG or DICOM) are "
-                    "uploaded and scored with a few-shot checkpoint, as `medad fewshot score` scores them: per "
+                    "uploaded and scored as `medad fewshot score` scores them, with the learned model (medad's bundled "
+                    "one, or --checkpoint) or training-free PatchCore-K, as the user picks: per "
                     "query the score, the verdict and a heat map, and the results as CSV. Uploads are kept in a "
                     "temporary folder that is removed when the app stops (Ctrl-C).")
-    serve.add_argument("--checkpoint", required=True, help="few-shot run folder or model.safetensors")
+    add_scorer_options(serve)
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; anything but the loopback address exposes the app, which has no "
                             "login, to the network")
@@ -51,16 +51,22 @@ def run_serve(args: argparse.Namespace) -> int:
         from medad.serve.app import FewShotScorer, create_app
     except ImportError as error:
         raise CliError(f"medad serve needs Flask ({error}); install it with pip install 'medad[deploy]'") from None
-    from medad.models.factory import load_trained_model
+    from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, load_scorer
     from medad.serve.uploads import Limits
 
+    if args.checkpoint and args.method == "patchcore":
+        raise CliError("--method patchcore is training-free and takes no --checkpoint; drop one of them "
+                       "(the page offers both the checkpoint and patchcore when --checkpoint is given)")
     device = select_run_device(args.device)
-    model, meta = load_trained_model(args.checkpoint, args.weights, expected_method=tuple(methods("few_shot")), device=device)
+    learned = load_scorer(None if args.checkpoint else "d24fad_nn", args.checkpoint, args.weights, device)
+    scorers = {learned.meta["method"]: learned, "patchcore": load_scorer("patchcore", None, args.weights, device)}
+    default = args.method or (learned.meta["method"] if args.checkpoint else DEFAULT_FEWSHOT_METHOD)
+    for method, scorer in scorers.items():
+        console.info(f"method {method}{' (default)' if method == default else ''}: {scorer.name}")
     limits = Limits(int(args.max_file_mb * 2**20), args.max_references, args.max_queries)
     workdir = Path(tempfile.mkdtemp(prefix="medad-serve-"))
     try:
-        app = create_app(FewShotScorer(model, meta["image_size"]), workdir, limits,
-                         {key: meta.get(key) for key in ("method", "teacher", "image_size", "train_tasks")})
+        app = create_app(FewShotScorer(scorers, default), workdir, limits)
         try:
             server = make_server(args.host, args.port, app, threaded=True)
         except OSError as error:

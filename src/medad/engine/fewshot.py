@@ -131,9 +131,10 @@ def draw_supports(n_available: int, k: int, draw: int, seed: int = 0) -> np.ndar
 
 
 def encode_queries(model: FewShotModel, images: torch.Tensor, batch_size: int = 32) -> QueryFeatures:
-    """A D²4FAD model's features of N query images, computed in batches."""
-    return QueryFeatures.concat([model.encode_queries(images[start:start + batch_size])
-                                 for start in range(0, len(images), batch_size)])
+    """A few-shot model's features of N query images, computed in batches (any model whose query features
+    have ``concat``: D²4FAD's, PatchCore-K's)."""
+    parts = [model.encode_queries(images[start:start + batch_size]) for start in range(0, len(images), batch_size)]
+    return type(parts[0]).concat(parts)
 
 
 def evaluate_fewshot(model: FewShotModel, support_images: torch.Tensor, test_images: torch.Tensor, labels,

@@ -5,13 +5,17 @@ over a 3×3 neighbourhood, the deeper one upsampled to the shallower one's grid
 and concatenated (PatchCore's locally aware features).  With K support images
 the memory bank holds all their patches (no coreset subsampling is needed at
 this size).  Map = distance of each query patch to its nearest bank patch,
-upsampled and smoothed; image score = max of the map.
+upsampled and smoothed; image score = max of the map.  :class:`PatchCoreFewShot` gives it the few-shot
+models' scoring interface (``--method patchcore``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from medad.backbones.base import Teacher
 from medad.models.rd4ad import check_finite
@@ -62,3 +66,72 @@ class PatchCoreKShot:
                              mode="bilinear", align_corners=False)[:, 0]
         maps = smooth_maps(maps, self.sigma)
         return maps, image_scores(maps, "max")
+
+
+@dataclass
+class PatchBank:
+    """PatchCore-K's support bank: every patch feature of the K supports, (K·h·w)×D."""
+
+    k: int
+    patches: torch.Tensor
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {"patches": self.patches.contiguous(), "k": torch.tensor(self.k)}
+
+
+@dataclass
+class PatchFeatures:
+    """Query patch features (B×D×h×w) and the images' size; slicing gives a batch."""
+
+    features: torch.Tensor
+    image_size: tuple[int, int]
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, rows: slice) -> PatchFeatures:
+        return PatchFeatures(self.features[rows], self.image_size)
+
+    @classmethod
+    def concat(cls, parts: list[PatchFeatures]) -> PatchFeatures:
+        return cls(torch.cat([p.features for p in parts]), parts[0].image_size)
+
+
+class PatchCoreFewShot(nn.Module):
+    """PatchCore-K behind the few-shot models' scoring interface (supports, queries, scores), training-free:
+    what ``--method patchcore`` scores with, no checkpoint needed."""
+
+    method = "patchcore"
+
+    def __init__(self, teacher: Teacher, sigma: float = DEFAULT_SIGMA) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.scorer = PatchCoreKShot(teacher, sigma)
+
+    def meta(self) -> dict:
+        return {"method": self.method, "teacher": self.teacher.name, "config": {"sigma": self.scorer.sigma}}
+
+    def prepare_supports(self, support_images: torch.Tensor) -> PatchBank:
+        if len(support_images) < 1:
+            raise ValueError("at least one support image is needed")
+        return PatchBank(len(support_images), self.scorer.prepare_supports(support_images))
+
+    @staticmethod
+    def supports_from_tensors(tensors: dict[str, torch.Tensor]) -> PatchBank:
+        return PatchBank(int(tensors["k"]), tensors["patches"])
+
+    @torch.no_grad()
+    def encode_queries(self, images: torch.Tensor) -> PatchFeatures:
+        check_finite(images)
+        return PatchFeatures(self.scorer.patch_features(images), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def score_encoded(self, queries: PatchFeatures, supports: PatchBank
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        maps, scores = self.scorer.score_features(queries.features, supports.patches, queries.image_size)
+        return maps, scores, []
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, supports: PatchBank) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores, _ = self.score_encoded(self.encode_queries(images), supports)
+        return maps, scores

@@ -16,6 +16,11 @@ from medad.report.tables import k_sort, ordered
 
 NORMAL_COLOUR, ABNORMAL_COLOUR = "#1f77b4", "#d62728"
 MAX_WEIGHT_QUERIES = 24
+#: bar colours of a chart's methods (few, told apart by lightness too), and the text colour that reads on each
+BAR_COLOURS = ["#1f4e79", "#a3adb8", "#5b9bd5", "#4d4d4d", "#d9b36c"]
+BAR_TEXT = ["white", "black", "black", "white", "black"]
+#: the most methods a grouped bar chart shows; more are drawn as a ranked chart
+MAX_GROUPED_METHODS = len(BAR_COLOURS)
 
 
 def pyplot():
@@ -25,12 +30,15 @@ def pyplot():
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
-                         "figure.dpi": 100, "savefig.dpi": 100})
+    plt.rcParams.update({"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "legend.fontsize": 11,
+                         "xtick.labelsize": 11, "ytick.labelsize": 11, "figure.dpi": 100, "savefig.dpi": 100})
     return plt
 
 
 def _method_colours(methods: list[str]) -> dict[str, Any]:
+    """Few methods: the report's bar colours; more (curves of many series): matplotlib's tab10 / tab20."""
+    if len(methods) <= len(BAR_COLOURS):
+        return dict(zip(methods, BAR_COLOURS, strict=False))
     from matplotlib import colormaps
 
     palette = colormaps["tab10" if len(methods) <= 10 else "tab20"]
@@ -56,9 +64,11 @@ def save(fig, path: Path, quantize: bool = False) -> bytes:
 
 def _draw_bars(ax, groups: list[list[dict[str, Any]]], methods: list[str], colours: dict[str, Any],
                bottom: float) -> None:
-    """One bar per method in each group of rows (the rows of one x position), from ``bottom``, ± std."""
+    """One bar per method in each group of rows (the rows of one x position), from ``bottom``, ± std; the first
+    group's bars carry their method's name (direct labels instead of a legend)."""
     present = [m for m in methods if any(row["method"] == m for group in groups for row in group)]
     width = 0.8 / max(1, len(present))
+    text_colour = dict(zip(BAR_COLOURS, BAR_TEXT, strict=True))
     for m, method in enumerate(present):
         xs, means, stds = [], [], []
         for g, group in enumerate(groups):
@@ -71,7 +81,10 @@ def _draw_bars(ax, groups: list[list[dict[str, Any]]], methods: list[str], colou
             bars = ax.bar(xs, [mean - bottom for mean in means], width * 0.92, bottom=bottom, yerr=stds,
                           capsize=3, color=colours[method], label=method, error_kw={"elinewidth": 1})
             if len(present) * len(groups) <= 16:
-                ax.bar_label(bars, labels=[f"{mean:.1f}" for mean in means], padding=2, fontsize=8)
+                ax.bar_label(bars, labels=[f"{mean:.1f}" for mean in means], padding=2, fontsize=10)
+            if len(present) > 1:
+                ax.text(xs[0], bottom + 1.5, method, rotation=90, ha="center", va="bottom", fontsize=10,
+                        color=text_colour.get(colours[method], "black"), clip_on=True)
     ax.axhline(50, color="grey", linestyle=":", linewidth=1)
     ax.set_xlim(-0.5, len(groups) - 0.5)
     ax.set_ylim(bottom, 104)
@@ -88,8 +101,6 @@ def _task_bars(rows: list[dict[str, Any]], title: str, tasks: list, methods: lis
     ax.set_xticks(range(len(tasks)), tasks, rotation=20 if len(tasks) > 6 else 0)
     ax.set_xlabel("task")
     ax.set_title(title if len(methods) > 1 else f"{title} ({methods[0]})")
-    if len(methods) > 1:
-        ax.legend(title="method", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     return fig
 
@@ -109,20 +120,8 @@ def _fewshot_bars(rows: list[dict[str, Any]], title: str, tasks: list, methods: 
         ax.set_xlabel("support images per query")
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
-    handles, labels = [], []
-    for ax in axes.flat:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
-    if len(methods) == 1:
-        fig.suptitle(f"{title} ({methods[0]})")
-        fig.tight_layout()
-        return fig
-    fig.suptitle(title)
-    legend_inches = 0.45 + 0.25 * int(np.ceil(len(labels) / 5))
-    fig.tight_layout(rect=(0, legend_inches / fig.get_figheight(), 1, 1))
-    fig.legend(handles, labels, title="method", loc="lower center", ncol=min(5, len(labels)), frameon=False)
+    fig.suptitle(title if len(methods) > 1 else f"{title} ({methods[0]})")
+    fig.tight_layout()
     return fig
 
 
@@ -138,6 +137,36 @@ def bar_chart(rows: list[dict[str, Any]], title: str):
     bottom = max(0.0, min(45.0, 10 * np.floor(lowest / 10)))
     fewshot = any(row["k"] is not None for row in rows)
     return (_fewshot_bars if fewshot else _task_bars)(rows, title, tasks, methods, _method_colours(methods), bottom)
+
+
+def ranked_chart(rows: list[dict[str, Any]], methods: list[str], title: str, k: int | None, highlight: str | None):
+    """Many methods in one colour: a horizontal bar per method (best first) of its mean image AUROC over the tasks
+    it was run on (at support size ``k``), labelled with the value and the number of tasks; ``highlight`` dark."""
+    means = {}
+    for method in methods:
+        values = [row["image_auroc_mean"] for row in rows if row["method"] == method and row["k"] == k
+                  and row["image_auroc_mean"] is not None]
+        if values:
+            means[method] = (100 * float(np.mean(values)), len(values))
+    if not means:
+        return None
+    order = sorted(means, key=lambda m: -means[m][0])
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(9.0, 0.42 * len(order) + 1.3))
+    colours = [BAR_COLOURS[0] if m == highlight else BAR_COLOURS[1] for m in order]
+    bars = ax.barh(range(len(order)), [means[m][0] for m in order], 0.75, color=colours)
+    ax.bar_label(bars, labels=[f"{means[m][0]:.1f}  ({means[m][1]} task{'s' if means[m][1] > 1 else ''})"
+                               for m in order], padding=3, fontsize=11)
+    ax.set_yticks(range(len(order)), order, fontsize=11)
+    ax.invert_yaxis()
+    lowest = min(value for value, _ in means.values())
+    ax.set_xlim(max(0.0, 10 * np.floor(lowest / 10) - 10), 112)
+    ax.axvline(50, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlabel("image AUROC (%), mean over tasks" + ("" if k is None else f", K = {k}"))
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_title(title, loc="left")
+    fig.tight_layout()
+    return fig
 
 
 def roc_figure(score_sets: list[ScoreSet]):
@@ -233,16 +262,16 @@ def heatmap_figure(heat: HeatmapSet):
     else:
         sections = [("heat maps (not ranked: no scores)", heat.tiles)]
     ncols = 4
-    row_height, header = 2.3, 0.55  # a 2:1 tile 3.7 in wide is 1.85 in tall, plus its two-line title
+    row_height, header = 2.55, 0.6  # a 2:1 tile 3.7 in wide is 1.85 in tall, plus its two-line title
     row_counts = [int(np.ceil(len(tiles) / ncols)) for _, tiles in sections]
     heights = [row_height * r + header for r in row_counts]
     fig = plt.figure(figsize=(15, sum(heights)))
     subfigs = fig.subfigures(len(sections), 1, height_ratios=heights, squeeze=False)
     for subfig, (title, tiles), rows, height in zip(subfigs.flat, sections, row_counts, heights, strict=False):
-        subfig.suptitle(title, fontsize=13, fontweight="bold", x=0.005, y=1 - 0.05 / height, ha="left", va="top")
+        subfig.suptitle(title, fontsize=16, fontweight="bold", x=0.005, y=1 - 0.05 / height, ha="left", va="top")
         axes = subfig.subplots(rows, ncols, squeeze=False,
                                gridspec_kw={"left": 0.005, "right": 0.995, "bottom": 0.01,
-                                            "top": 1 - header / height, "wspace": 0.04, "hspace": 0.24})
+                                            "top": 1 - header / height, "wspace": 0.04, "hspace": 0.34})
         for ax in axes.flat:
             ax.axis("off")
         for ax, tile in zip(axes.flat, tiles, strict=False):
@@ -252,7 +281,7 @@ def heatmap_figure(heat: HeatmapSet):
             label = {None: "label ?", 0: "normal", 1: "ABNORMAL"}[tile.label]
             colour = {None: "black", 0: NORMAL_COLOUR, 1: ABNORMAL_COLOUR}[tile.label]
             score = "" if tile.score is None else f" · score {tile.score:.4g}"
-            ax.set_title(f"{label}{score}\n{_short(tile.name, 34)}", fontsize=10, color=colour)
+            ax.set_title(f"{label}{score}\n{_short(tile.name, 30)}", fontsize=14, color=colour)
     return fig
 
 

@@ -205,16 +205,24 @@ def _read_evaluation_run(folder: Path, name: str, inputs: ReportInputs) -> None:
     demo_file = folder / DEMO_FILE
     is_demo = demo_file.is_file() and not metrics_file.is_file()
     metrics = _read_json(demo_file if is_demo else metrics_file)
-    if is_demo:
+    if is_demo and "methods" in metrics:  # the bundled model's demo: one record per method, scores of the first
+        k, task = metrics.get("k"), metrics.get("target", "?")
+        records = [_record_from_run({**values, "checkpoint": values.get("model") or {}}, method, task, k)
+                   for method, values in metrics["methods"].items()]
+        method = next(iter(metrics["methods"]))
+        series = f"{method} K={k}"
+    elif is_demo:  # medad demo --train
         options = metrics.get("options") or {}
         k, task, method = options.get("k"), metrics.get("target", "?"), _default_fewshot_method()
         series = f"{method} K={k}"
-        metrics = {**metrics, "checkpoint": {"teacher": options.get("teacher"), "image_size": options.get("image_size")}}
+        records = [_record_from_run({**metrics, "checkpoint": {"teacher": options.get("teacher"),
+                                                               "image_size": options.get("image_size")}},
+                                    method, task, k)]
     else:
         k, task = None, metrics.get("task", "?")
         method = series = (metrics.get("checkpoint") or {}).get("method", "model")
-    inputs.results.append(ResultSource(f"run {name}", folder, [_record_from_run(metrics, method, task, k)],
-                                       info=_run_info(metrics)))
+        records = [_record_from_run(metrics, method, task, k)]
+    inputs.results.append(ResultSource(f"run {name}", folder, records, info=_run_info(metrics)))
     scored = None
     if (folder / SCORES_CSV).is_file():
         paths, labels, scores = read_scores_csv(folder / SCORES_CSV)

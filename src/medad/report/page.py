@@ -15,7 +15,9 @@ from medad.io_utils import write_bytes, write_text
 from medad.report import figures
 from medad.report.figures import MAX_WEIGHT_QUERIES
 from medad.report.inputs import ReportInputs, collect_inputs
-from medad.report.tables import ordered, speed_html, summary_rows, table_html
+from medad.report.summary import (HEADLINE_K, family_groups, headline, headline_caption, headline_figure,
+                                  summary_table)
+from medad.report.tables import k_sort, ordered, speed_html, summary_rows, table_html
 
 CSS = """
 body { font-family: -apple-system, 'Segoe UI', 'DejaVu Sans', Arial, sans-serif; margin: 24px auto; max-width: 1400px;
@@ -28,7 +30,10 @@ th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: left; } th { bac
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.group td { border-top: 2px solid #888; }
 figure { margin: 12px 0 28px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { color: #444; font-size: 14px; margin-top: 4px; max-width: 1100px; }
+figcaption { color: #333; font-size: 16px; margin-top: 4px; max-width: 1100px; }
+details { margin: 8px 0 16px; } summary { cursor: pointer; color: #1f4e79; font-weight: 600; }
+table.summary { font-size: 15px; } .charts { display: flex; flex-wrap: wrap; gap: 0 28px; }
+.charts figure { flex: 1 1 560px; max-width: 680px; }
 .missing { background: #fff6e0; border-left: 4px solid #e0a800; padding: 8px 12px; margin: 8px 0; }
 ul.notes li { margin: 3px 0; }
 """
@@ -86,8 +91,43 @@ class _Page:
         return f"<p class='missing'>{html.escape(text)}</p>"
 
 
+def _summary_section(collected: ReportInputs, page: _Page) -> str:
+    """What a reader came for: each source's headline method against its baseline, in a table and small charts."""
+    headlines = [h for h in (headline(source) for source in collected.results) if h is not None]
+    if not headlines:
+        return ""
+    charts = [page.figure(headline_figure(h), f"summary_{h.source}", headline_caption(h)) for h in headlines
+              if h.baseline or len(h.tasks) > 1]  # one bar would only repeat the table
+    return ("<h2>Summary</h2>" + summary_table(headlines) + "<div class='charts'>" + "".join(charts) + "</div>")
+
+
+def _source_charts(source, page: _Page) -> list[str]:
+    """The source's charts, one per method family: grouped bars for a few methods, a ranked chart for many."""
+    rows = [row for row in summary_rows(source.records) if row["image_auroc_mean"] is not None]
+    if len(rows) < 2:  # one bar would only repeat the table
+        return []
+    ks = sorted(ordered(row["k"] for row in rows), key=k_sort)
+    k = HEADLINE_K if HEADLINE_K in ks else ks[len(ks) // 2]
+    charts = []
+    for index, (title, methods) in enumerate(family_groups(rows)):
+        group = [row for row in rows if row["method"] in methods]
+        name = f"bars_{source.name}" if index == 0 else f"bars_{source.name}_{title}"
+        if len(methods) <= figures.MAX_GROUPED_METHODS:
+            fig = figures.bar_chart(group, f"{source.name}: {title}")
+            caption = (f"{source.name}, {title}: image AUROC (%) per task" + (" and K" if ks != [None] else "")
+                       + ", mean over runs; error bars ± std; each method's name is on its first bar; dotted line: "
+                       "chance.")
+        else:
+            fig = figures.ranked_chart(group, methods, f"{source.name}: {title}", k, methods[0])
+            caption = (f"{source.name}, {title}: image AUROC (%) averaged over the tasks each was run on"
+                       + ("" if k is None else f", K = {k}") + f"; {methods[0]} dark, best first.")
+        if fig is not None:
+            charts.append(page.figure(fig, name, caption))
+    return charts
+
+
 def _results_section(collected: ReportInputs, page: _Page) -> str:
-    """A table (and a bar chart where it shows more than one bar) per source; speed records."""
+    """Per source: its charts grouped by method family, the full table behind a <details>, speed records."""
     parts = ["<h2>Results</h2>"]
     if not collected.results:
         parts.append(page.not_available("No results: give benchmark result files (benchmarks/results/*.json) or run "
@@ -97,18 +137,15 @@ def _results_section(collected: ReportInputs, page: _Page) -> str:
         meta = [f"{key}: <code>{html.escape(str(value))}</code>" for key, value in source.info.items() if value]
         parts.append(f"<p class='meta'>source: <code>{html.escape(str(source.path))}</code>"
                      + ("<br>" + "<br>".join(meta) if meta else "") + "</p>")
+        parts.extend(_source_charts(source, page))
         table, table_notes = table_html(source)
-        parts.append(table)
+        rows = len(summary_rows(source.records))
+        parts.append(f"<details><summary>table: {rows} row{'s' if rows != 1 else ''}</summary>{table}</details>")
         parts.extend(f"<p class='meta'>{html.escape(note)}</p>" for note in table_notes)
-        rows = summary_rows(source.records)
-        if sum(row["image_auroc_mean"] is not None for row in rows) > 1:  # one bar would only repeat the table
-            fig = figures.bar_chart(rows, f"{source.name}: image AUROC")
-            if fig is not None:
-                parts.append(page.figure(fig, f"bars_{source.name}",
-                                         "Image AUROC (%) per task and method, mean over runs; error bars: ± std; "
-                                         "dotted line: chance (50 %)."))
         parts.extend(page.png(path, path.stem, caption) for path, caption in source.figures)
-        parts.append(speed_html(source.speed))
+        speed = speed_html(source.speed)
+        if speed:
+            parts.append(f"<details><summary>speed: {len(source.speed)} records</summary>{speed}</details>")
     return "".join(parts)
 
 
@@ -195,7 +232,8 @@ def _html(title: str | None, read: list[str], sections: list[str], notes: list[s
     read_items = "".join(f"<li><code>{html.escape(p)}</code></li>" for p in read) or "<li>nothing readable</li>"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(heading)}</title>"
             f"<style>{CSS}</style></head><body><h1>{html.escape(heading)}</h1>"
-            f"<p class='meta'>generated {created} by <code>medad report</code> from:</p><ul class='meta'>{read_items}</ul>"
+            f"<details class='meta'><summary>generated {created} by <code>medad report</code> from {len(read)} "
+            f"input{'s' if len(read) != 1 else ''}</summary><ul>{read_items}</ul></details>"
             + "".join(sections) + notes_html + "</body></html>\n")
 
 
@@ -213,7 +251,7 @@ def build_report(inputs: list[str | Path], out_dir: str | Path, title: str | Non
     collected = collect_inputs(list(inputs))
     page = _Page(out_dir)
     sections = [section(collected, page) for section in
-                (_results_section, _scores_section, _heatmaps_section, _weights_section)]
+                (_summary_section, _results_section, _scores_section, _heatmaps_section, _weights_section)]
     notes = ordered(collected.notes)
     index = out_dir / "index.html"
     write_text(index, _html(title, collected.read, sections, notes))

@@ -4,7 +4,9 @@ One page (``templates/index.html``, ``static/style.css``; no script, nothing fro
 for the references, the queries and the threshold, then a table with each query's score, verdict and
 heat-map figure, the threshold with the rule it came from, and a link to the results as CSV.  Scoring
 is ``medad fewshot score``'s: the references are the supports, the default threshold is its ``auto``
-rule (the highest leave-one-out score of the references).  Every file the app writes goes into
+rule (the highest leave-one-out score of the references).  The page offers the scorers the app was
+started with (the learned model and training-free PatchCore-K, :mod:`medad.engine.scorers`); the user
+picks one.  Every file the app writes goes into
 ``workdir`` (one sub-folder per request); the caller removes it when the app stops.
 """
 
@@ -23,12 +25,13 @@ import torch
 from flask import Flask, abort, render_template, request, send_from_directory
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from medad.cli.common import write_heatmaps
 from medad.data.io import read_image
 from medad.engine.evaluate import predict_batches
 from medad.engine.fewshot import leave_one_out_scores
+from medad.engine.scorers import ScoringModel, load_or_prepare_supports
 from medad.engine.thresholds import MIN_RELIABLE_K, NonFiniteScoreError, Threshold, check_scores, support_threshold
 from medad.options import OptionError, parse_threshold
+from medad.visualize import write_heatmaps
 from medad.serve.uploads import ACCEPTED, Limits, Upload, UploadError, read_upload, save_uploads
 
 CSV_FILE = "scores.csv"
@@ -48,6 +51,7 @@ class QueryResult:
 @dataclass
 class Scoring:
     run_id: str
+    model: str  # the scorer's name
     references: list[str]
     threshold: Threshold
     rows: list[QueryResult]
@@ -74,32 +78,45 @@ def form_threshold(text: str) -> float | None:
 
 
 class FewShotScorer:
-    """A few-shot model that scores uploads into a folder (one request at a time: a lock serialises them)."""
+    """Few-shot scorers by method name that score uploads into a folder (one request at a time: a lock
+    serialises them); ``default`` is the method the page offers first."""
 
-    def __init__(self, model: torch.nn.Module, image_size: int) -> None:
-        self.model = model
-        self.size = image_size
+    def __init__(self, scorers: dict[str, ScoringModel], default: str) -> None:
+        if default not in scorers:
+            raise ValueError(f"default method {default!r} is not among {', '.join(scorers)}")
+        self.scorers = scorers
+        self.default = default
         self.lock = threading.Lock()
 
-    def score(self, references: list[Upload], queries: list[Upload], fixed: float | None, folder: Path) -> Scoring:
-        support_images = torch.stack([read_upload(upload, self.size) for upload in references])
-        query_images = torch.stack([read_upload(upload, self.size) for upload in queries])
+    def choose(self, method: str) -> ScoringModel:
+        """The scorer of a form's method (empty: the default)."""
+        method = method or self.default
+        if method not in self.scorers:
+            raise UploadError(f"method: expected one of {', '.join(self.scorers)}, got {method!r}")
+        return self.scorers[method]
+
+    def score(self, method: str, references: list[Upload], queries: list[Upload], fixed: float | None,
+              folder: Path) -> Scoring:
+        scorer = self.choose(method)
+        model = scorer.model
+        support_images = torch.stack([read_upload(upload, scorer.image_size) for upload in references])
+        query_images = torch.stack([read_upload(upload, scorer.image_size) for upload in queries])
         with self.lock, torch.no_grad():
-            supports = self.model.prepare_supports(support_images)
-            maps, scores = predict_batches(lambda rows: self.model.predict(query_images[rows], supports),
+            supports = load_or_prepare_supports(scorer, support_images, None)
+            maps, scores = predict_batches(lambda rows: model.predict(query_images[rows], supports),
                                            len(query_images), 16)
             threshold = (Threshold(fixed, "fixed", f"the fixed threshold {fixed:g} given in the form")
                          if fixed is not None else
-                         support_threshold(leave_one_out_scores(self.model, support_images)
+                         support_threshold(leave_one_out_scores(model, support_images)
                                            if len(support_images) > 1 else []))
-        check_scores(scores, [upload.name for upload in queries], "the checkpoint")
+        check_scores(scores, [upload.name for upload in queries], scorer.name)
         names = [upload.path.name for upload in queries]
         write_heatmaps(folder / HEATMAPS, names, (read_image(upload.path) for upload in queries), maps, scores,
                        titles=[upload.name for upload in queries], threshold=threshold)
         rows = [QueryResult(upload.name, float(score), threshold.is_abnormal(score), threshold.verdict(score),
                             f"{upload.path.stem}.png") for upload, score in zip(queries, np.asarray(scores), strict=False)]
         _write_csv(folder / CSV_FILE, rows, threshold)
-        return Scoring(folder.name, [upload.name for upload in references], threshold, rows)
+        return Scoring(folder.name, scorer.name, [upload.name for upload in references], threshold, rows)
 
 
 def _write_csv(path: Path, rows: list[QueryResult], threshold: Threshold) -> None:
@@ -112,14 +129,14 @@ def _write_csv(path: Path, rows: list[QueryResult], threshold: Threshold) -> Non
     path.write_text(buffer.getvalue())
 
 
-def create_app(scorer: FewShotScorer, workdir: Path, limits: Limits, checkpoint: dict) -> Flask:
-    """The Flask app; ``checkpoint`` (method, teacher, image size, training tasks) is shown in the page."""
+def create_app(scorer: FewShotScorer, workdir: Path, limits: Limits) -> Flask:
+    """The Flask app; the page names each scorer (method, model, teacher, image size) and lets the user pick."""
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = limits.max_request_bytes
 
-    def page(status: int = 200, **values):
-        return render_template("index.html", checkpoint=checkpoint, limits=limits, accepted=ACCEPTED,
-                               **values), status
+    def page(status: int = 200, chosen: str = "", **values):
+        return render_template("index.html", scorers=scorer.scorers, chosen=chosen or scorer.default, limits=limits,
+                               accepted=ACCEPTED, **values), status
 
     @app.get("/")
     def index():
@@ -128,17 +145,18 @@ def create_app(scorer: FewShotScorer, workdir: Path, limits: Limits, checkpoint:
     @app.post("/score")
     def score():
         folder = workdir / uuid.uuid4().hex
+        method = request.form.get("method", "")
         try:
             fixed = form_threshold(request.form.get("threshold", ""))
             references = save_uploads([(f.filename, f.stream) for f in request.files.getlist("references")],
                                       folder / "references", "reference", 1, limits.max_references, limits)
             queries = save_uploads([(f.filename, f.stream) for f in request.files.getlist("queries")],
                                    folder / "queries", "query", 1, limits.max_queries, limits)
-            return page(result=scorer.score(references, queries, fixed, folder))
+            return page(chosen=method, result=scorer.score(method, references, queries, fixed, folder))
         except UploadError as error:
-            return page(400, error=str(error))
+            return page(400, chosen=method, error=str(error))
         except NonFiniteScoreError as error:
-            return page(500, error=str(error))
+            return page(500, chosen=method, error=str(error))
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_error):

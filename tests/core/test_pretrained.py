@@ -1,0 +1,48 @@
+"""The bundled few-shot model: its file is the one its model card describes, it loads, and it reproduces the
+scores the card recorded on fixed shared images (skipped without ../shared/data)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medad.checkpoints import load_model
+from medad.data.images import load_images
+from medad.data.registry import data_root
+from medad.data.samples import Sample
+from medad.engine.scorers import load_scorer
+from medad.pretrained import CARD_MD, HELD_OUT_TASK, bundled_checkpoint, file_sha256, model_card
+
+
+def test_the_bundled_file_is_the_one_its_card_describes():
+    card = model_card()
+    path = bundled_checkpoint()
+    assert file_sha256(path) == card["sha256"] and path.stat().st_size == card["file_bytes"]
+    state, meta = load_model(path, "d24fad_nn")
+    assert {tensor.dtype for tensor in state.values()} == {torch.float16}
+    assert meta["train_tasks"] == list(card["training"]["tasks"]) and HELD_OUT_TASK not in meta["train_tasks"]
+    assert meta["teacher"] == card["teacher"] == "efficientnet_lite0" and meta["image_size"] == card["image_size"] == 128
+    assert card["fp16_max_score_difference"] <= card["fp16_tolerance"] <= 1e-3
+    text = path.with_name(CARD_MD).read_text()
+    assert card["sha256"] in text and card["command"] in text and HELD_OUT_TASK in text
+    assert all(name in text for name in card["training"]["tasks"])
+
+
+def test_the_bundled_model_reproduces_the_cards_scores_on_shared_images():
+    try:
+        root = data_root()
+    except FileNotFoundError:
+        pytest.skip("no shared data (../shared/data or $MEDAD_DATA_ROOT)")
+    reference = model_card()["reference"]
+    files = [root / p for p in reference["support"] + reference["query"]]
+    if not all(f.is_file() for f in files):
+        pytest.skip("the shared data here lacks the card's reference images")
+    scorer = load_scorer()  # the bundled model
+    size = scorer.image_size
+    supports = load_images([Sample(root / p, 0, "good") for p in reference["support"]], size, workers=0)[0]
+    queries = load_images([Sample(root / p, label, "query") for p, label in zip(reference["query"], reference["label"],
+                                                                                 strict=True)], size, workers=0)[0]
+    with torch.no_grad():
+        _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))
+    assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-4)
+    assert max(reference["scores"]) - min(reference["scores"]) > 1e-2  # the comparison is not between constants
