@@ -1,9 +1,9 @@
 """Regenerate ``docs/serve_screenshot.png``: ``medad serve`` in headless Chromium with real brain-tumour MRI images.
 
-    python docs/serve_screenshot.py --checkpoint RUN [--data-root ../shared/data]
+    python docs/serve_screenshot.py [--checkpoint RUN] [--data-root ../shared/data]
 
-RUN is a few-shot run folder (the committed screenshot: ``benchmarks/export_latency.py``'s D²4FAD-NN
-checkpoint, trained on head CT + brain MRI).  Four normal training images of the unseen brain-tumour task
+Without ``--checkpoint`` the app serves medad's bundled model (the committed screenshot), with it a few-shot
+run folder.  Four normal training images of the unseen brain-tumour task
 are the references; two normal and two tumour test images the queries.  Needs chromium, chromium-driver
 and selenium.
 """
@@ -29,7 +29,7 @@ ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="a few-shot run folder (default: the bundled model)")
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--out", default="docs/serve_screenshot.png")
     args = parser.parse_args()
@@ -37,8 +37,9 @@ def main() -> None:
     references = sorted((task / "train/good").iterdir())[:4]
     queries = [*sorted((task / "test/good").iterdir())[:2], sorted((task / "test/glioma").iterdir())[0],
                sorted((task / "test/meningioma").iterdir())[0]]
-    server = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--checkpoint", args.checkpoint, "--port", "0",
-                               "--device", "cpu"], stdout=subprocess.PIPE, text=True)
+    checkpoint = ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    server = subprocess.Popen([sys.executable, "-m", "medad", "serve", *checkpoint, "--port", "0", "--device", "cpu"],
+                              stdout=subprocess.PIPE, text=True)
     profile = tempfile.mkdtemp(prefix="medad-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")

@@ -1,4 +1,5 @@
-"""``medad serve`` in a real browser: headless Chromium uploads images, and the page's scores equal the CLI's.
+"""``medad serve`` in a real browser, with no --checkpoint: headless Chromium uploads images, picks either method,
+and the page's scores equal the CLI's.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium chromium-driver``) and
 selenium (the ``test`` extra); skipped with that message otherwise.  Uses real brain-tumour MRI images
@@ -49,13 +50,13 @@ def _images(phantom_chest) -> tuple[list[Path], list[Path]]:
 
 
 @pytest.fixture
-def server(default_fewshot_checkpoint):
-    """``python -m medad serve`` on a free port; yields (url, temporary folder), then stops it with Ctrl-C."""
+def server():
+    """``python -m medad serve`` (no --checkpoint: the bundled model and PatchCore-K) on a free port; yields (url,
+    temporary folder), then stops it with Ctrl-C."""
     # the server computes on as many threads as this process, so that its float32 sums match the CLI's here
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--checkpoint", str(default_fewshot_checkpoint),
-                                "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)
+    process = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--port", "0", "--device", "cpu"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         for line in process.stdout:
             found = re.search(r"(http://127\.0\.0\.1:\d+/) \(temporary files in (\S+);", line)
@@ -90,17 +91,25 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _submit(driver, url: str, references: list[Path], queries: list[Path]) -> None:
+def _submit(driver, url: str, references: list[Path], queries: list[Path], method: str | None = None) -> None:
     driver.get(url)
+    if method:
+        driver.find_element(By.ID, f"method-{method}").click()
     driver.find_element(By.ID, "references").send_keys("\n".join(str(p) for p in references))
     driver.find_element(By.ID, "queries").send_keys("\n".join(str(p) for p in queries))
     driver.find_element(By.ID, "submit").click()
     WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.ID, "scores") or d.find_elements(By.ID, "error"))
 
 
+def _cli_scores(args: list[str], references: list[Path], queries: list[Path], out: Path) -> dict[str, float]:
+    assert main(["fewshot", "score", *args, "--support", *map(str, references), "--query", *map(str, queries),
+                 "--out", str(out), "--support-cache", str(out.parent / "cache"), "--quiet"]) == 0
+    with open(out / "scores.csv") as handle:
+        return {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
+
+
 @pytest.mark.slow
-def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, default_fewshot_checkpoint, phantom_chest,
-                                                               tmp_path):
+def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, phantom_chest, tmp_path):
     references, queries = _images(phantom_chest)
     _submit(browser, server["url"], references, queries)
     assert not browser.find_elements(By.ID, "error"), browser.find_element(By.ID, "error").text
@@ -110,12 +119,8 @@ def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, 
     shown = {row.find_element(By.CLASS_NAME, "name").text: row.find_element(By.CLASS_NAME, "score").text
              for row in rows}
 
-    out = tmp_path / "cli"
-    assert main(["fewshot", "score", "--checkpoint", str(default_fewshot_checkpoint), "--support", *map(str, references),
-                 "--query", *map(str, queries), "--out", str(out), "--support-cache", str(tmp_path / "cache"),
-                 "--quiet"]) == 0
-    with open(out / "scores.csv") as handle:
-        cli = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
+    cli = _cli_scores([], references, queries, tmp_path / "cli")  # the bundled model, as the page's default
+    assert "Scored with medad bundled" in browser.find_element(By.ID, "model").text
     assert set(page) == {path.name for path in queries}
     for name, score in cli.items():
         assert page[name] == pytest.approx(score, abs=1e-6)
@@ -127,6 +132,13 @@ def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, 
     resources = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert resources and all(name.startswith(server["url"]) for name in resources)
     assert any(server["workdir"].rglob("*.png"))  # uploads and figures live in the temporary folder
+
+    _submit(browser, server["url"], references, queries, method="patchcore")
+    assert "PatchCore-K" in browser.find_element(By.ID, "model").text
+    page = {row.find_element(By.CLASS_NAME, "name").text:
+            float(row.find_element(By.CLASS_NAME, "score").get_attribute("data-score"))
+            for row in browser.find_elements(By.CSS_SELECTOR, "#scores tbody tr")}
+    assert page == pytest.approx(_cli_scores(["--method", "patchcore"], references, queries, tmp_path / "pc"), abs=1e-6)
 
     not_an_image = tmp_path / "report.png"
     not_an_image.write_text("this is text")

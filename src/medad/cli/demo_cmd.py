@@ -119,8 +119,9 @@ def _bundled_demo(args: argparse.Namespace, run: RunFolder, device, root: Path |
     console.info(f"unseen task {target.name}: {len(target.test)} test images scored from K={args.k} normal references "
                  f"({', '.join(Path(target.train[i].path).name for i in chosen)})")
     with torch.no_grad():
-        evaluations = {method: evaluate_fewshot(scorer.model, support_images, test_images, labels, masks)
-                       for method, scorer in scorers.items()}
+        queries = _shared_queries(scorers, test_images)
+        evaluations = {method: evaluate_fewshot(scorer.model, support_images, test_images, labels, masks,
+                                                queries=queries[method]) for method, scorer in scorers.items()}
     for method, evaluation in evaluations.items():
         metrics = evaluation.metrics
         console.info(f"  {method:<10} AUROC {metrics['image_auroc']:.3f}  AP {metrics['image_ap']:.3f}  "
@@ -142,6 +143,21 @@ def _bundled_demo(args: argparse.Namespace, run: RunFolder, device, root: Path |
     console.info(f"outputs: {run.path}: heat maps of the 8 least and 8 most anomalous test images ({methods[0]}) in "
                  f"{run.file(HEATMAPS_DIR)}, scores in {run.file(SCORES_CSV)}, both methods' metrics in "
                  f"{run.file(DEMO_FILE)}")
+
+
+def _shared_queries(scorers: dict, test_images) -> dict:
+    """Each scorer's query features; PatchCore-K reuses the learned model's teacher features when both use the
+    same frozen teacher (the test images go through the teacher once)."""
+    from medad.engine.fewshot import encode_queries
+
+    learned = scorers["d24fad_nn"]
+    encoded = encode_queries(learned.model, test_images)
+    queries = {"d24fad_nn": encoded}
+    patchcore = scorers["patchcore"]
+    queries["patchcore"] = (patchcore.model.queries_from_teacher(encoded.teacher, encoded.image_size)
+                            if patchcore.meta["teacher"] == learned.meta["teacher"]
+                            else encode_queries(patchcore.model, test_images))
+    return queries
 
 
 def _write_heatmaps(run: RunFolder, target, paths: list[str], labels: list[int], evaluation) -> None:

@@ -125,6 +125,10 @@ class PatchCoreFewShot(nn.Module):
         check_finite(images)
         return PatchFeatures(self.scorer.patch_features(images), tuple(images.shape[-2:]))
 
+    def queries_from_teacher(self, teacher_features: list[torch.Tensor], image_size: tuple[int, int]) -> PatchFeatures:
+        """Query features from teacher features already computed (by another model with the same teacher)."""
+        return PatchFeatures(self.scorer.patch_features_from(teacher_features), image_size)
+
     @torch.no_grad()
     def score_encoded(self, queries: PatchFeatures, supports: PatchBank
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
