@@ -5,8 +5,9 @@ Regenerate:  OMP_NUM_THREADS=1 python benchmarks/bundled_model.py
 D²4FAD-NN (its default configuration) is trained with the few-shot benchmark's settings (64 epochs, batch 8,
 at most 64 queries per task and epoch, K ∈ {2, 4, 8}, seed 0, teacher efficientnet_lite0, 128 px;
 benchmarks/fewshot_loo.py) on the normal training images of every registered shared task except ``headct``,
-which is held out so that ``medad demo`` scores a task the model never saw.  Training images that are
-pixel-identical to a headct test image are dropped (none are expected).  The weights are stored in float16;
+which is held out so that ``medad demo`` scores a task the model never saw.  Training images that
+near-duplicate a headct test image (:mod:`medad.data.near_duplicates`: resized, re-encoded or cropped copies
+too) are dropped.  The weights are stored in float16;
 the script checks that float16 scores stay within ``FP16_TOLERANCE`` of the float32 model's on headct, and
 records the scores of a few fixed headct images that ``tests/test_pretrained.py`` reproduces.
 
@@ -30,7 +31,7 @@ import torch
 from medad.backbones import DEFAULT_TEACHER, build_teacher
 from medad.checkpoints import MODEL_FILE, load_model, save_model
 from medad.data.images import load_images
-from medad.data.leakage import cross_task_overlap
+from medad.data.near_duplicates import drop_near_duplicates
 from medad.data.registry import REGISTRY, data_root, list_tasks
 from medad.data.samples import Sample
 from medad.data.tasks import load_task
@@ -93,11 +94,10 @@ def training_tasks(root: Path) -> tuple[dict[str, torch.Tensor], dict[str, dict]
         if name == HELD_OUT_TASK:
             continue
         task = load_task(name, root=root, seed=SEED)
-        overlap = {id(s) for s in cross_task_overlap(held_out.test, task.train)}
-        train = [s for s in task.train if id(s) not in overlap]
+        train, dropped = drop_near_duplicates(task.train, held_out.test, why=f"{HELD_OUT_TASK} test")
         images[name] = load_images(train, IMAGE_SIZE, desc=f"loading {name}")[0]
         counts[name] = {"folder": REGISTRY[name].folder, "train_images": len(train),
-                        "dropped_as_copies_of_headct_test": len(task.train) - len(train)}
+                        "dropped_as_copies_of_headct_test": len(dropped)}
     return images, counts
 
 
@@ -143,6 +143,11 @@ def git_commit() -> str:
     return commit + (" (with uncommitted changes under src/)" if dirty else "")
 
 
+def ordered_modalities(tasks: dict) -> list[str]:
+    """The training tasks' modalities, each once."""
+    return list(dict.fromkeys(REGISTRY[name].modality for name in tasks))
+
+
 def model_card_markdown(card: dict) -> str:
     tasks = card["training"]["tasks"]
     rows = [f"| `{name}` | {REGISTRY[name].modality} | {info['train_images']} | {info['dropped_as_copies_of_headct_test']} "
@@ -168,15 +173,14 @@ def model_card_markdown(card: dict) -> str:
         f"| rebuild | `{card['command']}` |",
         f"| held out | `{HELD_OUT_TASK}` (head CT): never seen in training, so `medad demo` scores an unseen task |", "",
         "## Training data", "",
-        "| task | modality | normal training images | dropped (copies of headct test images) | source | "
+        "| task | modality | normal training images | dropped (near-copies of headct test images) | source | "
         "licence / provenance |", "|---|---|---:|---:|---|---|", *rows, "",
         "Training read only the normal images of the training splits. headct's test split served only to check that "
         "no training image copies one of its images and to record the reference scores the tests reproduce. "
         "Details of every set: `../shared/data/SOURCES.md`; splits: `docs/DATA.md`.", "",
         "## Limits", "",
-        "* Trained on 2-D grey-scale-like medical images at 128 px (brain MRI, chest X-ray"
-        + (", fundus, dermoscopy, mammography" if any(t in tasks for t in ("acrima", "isic", "mias")) else "")
-        + "); other modalities and fine findings below the 128 px resolution may score poorly.",
+        f"* Trained on 2-D medical images at 128 px ({', '.join(ordered_modalities(tasks))}); other modalities, "
+        "and findings too fine for 128 px, may score poorly.",
         "* The score is relative to the K references: they must be normal and should cover the views (imaging "
         "planes, positions) of the images to score; a view absent from the references scores as anomalous.",
         "* Research software: not a medical device, not validated for diagnosis.", ""])
