@@ -91,7 +91,7 @@ def test_bad_uploads_are_refused_with_the_reason_in_the_page(app_and_folder, pha
              (good, [big], "query big.png: larger than the limit"),
              (good * 3, good, "at most 4 reference images per request (6 given)"),
              ([], good, "give at least 1 reference image"),
-             (good, good, "threshold: expected &#39;auto&#39; or a number")]
+             (good, good, "or a finite number, got &#39;high&#39;")]
     for index, (references, queries, message) in enumerate(cases):
         response = _post(client, references, queries, threshold="high" if index == 4 else "auto")
         html = response.get_data(as_text=True)
