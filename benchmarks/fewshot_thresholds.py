@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
 from medad.data.images import load_images
@@ -59,7 +60,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=32, help="training budget of trained methods")
+    parser.add_argument("--epochs", type=int, help="training length of trained methods (default: the method's "
+                        "shipped budget, with its batch and queries per task)")
     parser.add_argument("--data", default=str(data_root()), help="folder holding the shared data sets")
     parser.add_argument("--runs", default="benchmarks/.runs/fewshot_thresholds")
     parser.add_argument("--cache", default="benchmarks/.cache")
@@ -86,6 +88,7 @@ class Scorer:
                                           desc=f"{task} train")[0] for task in TRAIN_TASKS}
         seed_everything(0)
         model = info.model(self.cache.teacher, info.config())
+        args.epochs = args.epochs or budget.epochs
         result = train_fewshot(model, train_images, TrainConfig(epochs=args.epochs, batch_size=budget.batch_size,
                                                                 lr=budget.lr, seed=0),
                                max_queries_per_task=budget.max_queries_per_task or 256,
@@ -129,6 +132,8 @@ def measure(args: argparse.Namespace, results: BenchmarkResults) -> None:
             continue
         scorer = Scorer(method, cache, args)
         results.data.setdefault("train_seconds", {})[method] = scorer.train_seconds
+        if method != "patchcore":
+            results.data["epochs"] = args.epochs
         for task_name, task in tasks.items():
             normals = load_images(task.train, args.image_size, desc=f"{task_name} supports")[0]
             queries = load_images(task.test, args.image_size, desc=f"{task_name} test")[0]
@@ -148,7 +153,7 @@ def measure(args: argparse.Namespace, results: BenchmarkResults) -> None:
                     print(f"{method} {task_name} K={k} draw {draw} done", flush=True)
 
 
-def rule_records(args: argparse.Namespace) -> list[dict]:
+def rule_records(args: argparse.Namespace, results: BenchmarkResults) -> list[dict]:
     """One record per (method, task, K, draw, rule) from the cached scores."""
     records = []
     for method in args.methods:
@@ -167,7 +172,8 @@ def rule_records(args: argparse.Namespace) -> list[dict]:
                         records.append({
                             "method": method, "task": task, "k": k, "support_draw": draw, "seed": 0,
                             "selection": rule, "backbone": args.teacher, "image_size": args.image_size,
-                            "protocol": "development", "epochs": args.epochs if method != "patchcore" else None,
+                            "protocol": "development",
+                            "epochs": None if method == "patchcore" else results.data.get("epochs"),
                             "threshold": threshold, "loo_scores": [float(s) for s in saved["loo"]],
                             "n_test_normal": int((labels == 0).sum()), "n_test_abnormal": int(labels.sum()),
                             "false_normal": float((scores[labels == 1] <= threshold).mean()),
@@ -200,6 +206,19 @@ def cell(records: list[dict], method: str, rule: str, task: str | None, k: int) 
     return f"{fn:.0f} / {fa:.0f}"
 
 
+def mean_auroc(args: argparse.Namespace, method: str, k: int, task: str | None = None) -> float:
+    """Image AUROC of the cached scores (mean over draws and, without ``task``, over tasks): what any threshold
+    can at best exploit."""
+    values = []
+    for name in ([task] if task else DEV_TASKS):
+        for draw in range(args.draws):
+            path = scores_file(args, method, name, k, draw)
+            if path.is_file():
+                saved = np.load(path)
+                values.append(roc_auc_score(saved["labels"], saved["scores"]))
+    return float(np.mean(values)) if values else float("nan")
+
+
 def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
     records, default = results.records, results.data["default"]
     train = results.data.get("train_seconds", {})
@@ -210,10 +229,10 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
              "normals train, the rest and every abnormal image test): " +
              ", ".join(f"`{folder}`" for folder in DEV_TASKS.values()) + ".  ",
              "Methods: `patchcore` = training-free PatchCore-K; `d24fad_nn` = medad's default model trained on "
-             f"{', '.join(TRAIN_TASKS)} (normal training images) for {args.epochs} epochs with the method's batch "
-             "and queries per task" +
+             f"{', '.join(TRAIN_TASKS)} (normal training images) for {results.data.get('epochs')} epochs with the method's "
+             "batch and queries per task" +
              (f" ({train['d24fad_nn'] / 60:.0f} min on this machine, `nice`d)" if train.get("d24fad_nn") else "") +
-             " (the shipped budget is 64 epochs).", "",
+             ".", "",
              "Each cell: **false-normal % / false-abnormal %** (abnormal test images called normal / normal test "
              "images called abnormal), mean over the development tasks and draws. Rules: `loo-max` = the highest "
              "leave-one-out support score (the rule before this benchmark); `mad:C` = median + C·1.4826·MAD of the "
@@ -222,7 +241,10 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
              f"**Default: `{default.get('standardised')}` for models with standardised scores (d24fad_nn), "
              f"`{default.get('raw')}` for the others.**", ""]
     for method in args.methods:
-        lines += [f"## {method}", "", "| rule | " + " | ".join(f"K={k}" for k in args.k) + " | balanced error |",
+        lines += [f"## {method}", "", "Image AUROC of the scores (what any threshold can at best exploit): " + "; ".join(
+            f"K={k} {100 * mean_auroc(args, method, k):.1f} (" + ", ".join(
+                f"{task} {100 * mean_auroc(args, method, k, task):.1f}" for task in DEV_TASKS) + ")" for k in args.k)
+            + ".", "", "| rule | " + " | ".join(f"K={k}" for k in args.k) + " | balanced error |",
                   "|---|" + "---|" * (len(args.k) + 1)]
         for rule in RULES:
             error = balanced_error(records, method, rule)
@@ -247,7 +269,7 @@ def main() -> int:
     results = BenchmarkResults(args.name, benchmark_command("fewshot_thresholds.py", pieces=("--markdown-only",)))
     if not args.markdown_only:
         measure(args, results)
-    results.data["records"] = rule_records(args)
+    results.data["records"] = rule_records(args, results)
     results.data["rules"] = RULES
     results.data["default"] = select(results.records, args.methods)
     results.save()

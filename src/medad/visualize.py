@@ -6,6 +6,11 @@ Each figure shows the input at its original resolution (the long side scaled int
 map's values, and a caption with the image's name (its end, when too long), its score and, given a threshold,
 the verdict.  The
 caption is also stored as the PNG's ``Description``.  Drawn with Pillow (a few milliseconds a figure).
+
+The colour scale (:func:`colour_scale`) is anchored to the decision threshold when there is one: it runs
+from 0 to twice the threshold, so the threshold sits at the middle colour and a normal image stays in the
+lower (blue–green) half whatever else is in the batch.  Without a threshold it is relative to the images
+drawn together (their 1st to 99.9th percentile).  The caption's last line says which.
 """
 
 from __future__ import annotations
@@ -29,6 +34,17 @@ if TYPE_CHECKING:
 MAX_SIDE = 512
 MIN_SIDE = 128
 _PAD, _GAP, _LINE, _BAR, _BAR_LABELS = 8, 8, 17, 14, 52
+
+
+def colour_scale(maps: np.ndarray, threshold: float | None) -> tuple[float, float, str]:
+    """(vmin, vmax, the line saying what anchors it) of the heat maps drawn together."""
+    if threshold is not None and np.isfinite(threshold) and threshold != 0:
+        low, high = sorted((0.0, 2.0 * float(threshold)))
+        return low, high, (f"colour scale {low:.3g}–{high:.3g}: anchored to the threshold {threshold:.4g} "
+                           "(its middle colour)")
+    low, high = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
+    return low, high, (f"colour scale {low:.3g}–{high:.3g}: relative to the {len(maps)} image(s) drawn together "
+                       "(no threshold), so a normal image may show red")
 
 
 def heatmap_file_stems(paths: list[str]) -> list[str]:
@@ -138,16 +154,17 @@ def write_heatmaps(out_dir: Path, names: list[str], originals: Iterable[torch.Te
                    scores: np.ndarray, *, titles: list[str] | None = None, threshold: Threshold | None = None,
                    labels: list[int] | None = None) -> None:
     """One heat-map figure per image (``names`` give the file names, ``titles`` the captions' first lines;
-    ``originals`` the images at their own resolution), on a colour scale shared by all of them."""
+    ``originals`` the images at their own resolution), on a colour scale anchored to the threshold when there
+    is one (:func:`colour_scale`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    vmin, vmax = float(np.percentile(maps, 1)), float(np.percentile(maps, 99.9))
+    vmin, vmax, scale = colour_scale(maps, threshold.value if threshold is not None else None)
     for index, (stem, image, amap, score) in enumerate(zip(heatmap_file_stems(names), originals, maps, scores, strict=True)):
         lines = [(titles or names)[index], f"score {score:.4g}"]
         if threshold is not None and threshold.value is not None:
             lines[1] += f" · {threshold.verdict(score)}"
         if labels is not None:
             lines[1] += f" · label: {'abnormal' if labels[index] else 'normal'}"
-        save_heatmap_figure(out_dir / f"{stem}.png", image.numpy(), amap, vmin, vmax, "\n".join(lines))
+        save_heatmap_figure(out_dir / f"{stem}.png", image.numpy(), amap, vmin, vmax, "\n".join([*lines, scale]))
 
 
 def write_ranked_heatmaps(out_dir: Path, paths: list[str], labels: list[int], maps: np.ndarray, scores: np.ndarray,

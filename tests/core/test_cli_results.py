@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from medad.cli.main import main
-from medad.engine.thresholds import MIN_RELIABLE_K
+from medad.engine.thresholds import AUTO_RULE, MIN_RELIABLE_K, describe_rule, rule_threshold
 from medad.visualize import MAX_SIDE, MIN_SIDE, display_size, save_heatmap_figure
 
 
@@ -22,9 +22,11 @@ def test_auto_threshold_reports_its_support_scores_and_warns_for_small_k(fewshot
     scored = json.loads((tmp_path / "out" / "scores.json").read_text())
     rule = scored["threshold_rule"]
     assert rule["rule"] == "support-leave-one-out" and rule["k"] == 4 and len(rule["support_scores"]) == 4
-    assert scored["threshold"] == rule["value"] == max(rule["support_scores"])
-    assert "K=4 leave-one-out support scores, so it is uncertain" in captured.err and f"K ≥ {MIN_RELIABLE_K}" in captured.err
-    assert "the highest of the leave-one-out scores of the K=4 normal supports" in captured.out
+    assert rule["auto_rule"] == AUTO_RULE["standardised"]  # the default model's scores are standardised
+    assert scored["threshold"] == rule["value"] == rule_threshold(rule["auto_rule"], rule["support_scores"])
+    assert "rests on only K=4 supports" in captured.err and f"K ≥ {MIN_RELIABLE_K}" in captured.err
+    assert "% of abnormal images normal" in captured.err
+    assert describe_rule(rule["auto_rule"], 4) in captured.out
     assert all(row["abnormal"] == (row["score"] > scored["threshold"]) for row in scored["images"])
 
 

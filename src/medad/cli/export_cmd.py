@@ -43,10 +43,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from medad.cli.inputs import load_inputs
+    from medad.cli.inputs import drop_duplicate_supports, load_inputs
     from medad.data.io import MissingDependencyError
-    from medad.engine.fewshot import leave_one_out_scores
-    from medad.engine.thresholds import support_threshold
+    from medad.engine.fewshot import auto_threshold
     from medad.export import export_graph, scoring_graph, verify_export
     from medad.engine.scorers import checkpoint_file, load_scorer
     from medad.models.factory import load_trained_model
@@ -76,10 +75,12 @@ def run_export(args: argparse.Namespace) -> int:
         support = load_inputs(args.support, size, flag="--support")
         if support.volumes:
             raise CliError(f"--support: {support.volumes[0].source} is a volume; give normal 2-D reference images")
+        support = drop_duplicate_supports(support, "--support")
         support_images = support.tensor()
         support_paths = [str(image.path) for image in support.images]
-        threshold = support_threshold(leave_one_out_scores(model, support_images) if len(support_images) > 1
-                                      else [])
+        threshold = auto_threshold(model, support_images, support_paths)
+        if threshold.warning:
+            console.warn(threshold.warning)
     graph = scoring_graph(model, size, support_images)
     result = export_graph(graph, out, args.format)
     try:

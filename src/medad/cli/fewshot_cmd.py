@@ -20,7 +20,7 @@ from medad.cli.training_run import (add_run_options, check_image_size, config_re
 from medad.checkpoints import MODEL_FILE
 from medad.engine.run_folder import (PREDICT_OUTPUTS, RunFolder, fewshot_heatmaps_dir,
                                      fewshot_metrics_file, fewshot_outputs, fewshot_scores_file, support_weights_file)
-from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold, support_threshold
+from medad.engine.thresholds import fixed_threshold, heldout_threshold, no_threshold
 from medad.models.factory import build_model
 from medad.models.registry import MethodChoices
 from medad.options import number_type
@@ -251,10 +251,10 @@ def _evaluate_task(args: argparse.Namespace, run: RunFolder, scorer: ScoringMode
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from medad.cli.inputs import load_inputs
+    from medad.cli.inputs import drop_duplicate_supports, load_inputs
     from medad.cli.predictions import print_predictions, score_inputs, write_predictions
     from medad.device import module_device
-    from medad.engine.fewshot import leave_one_out_scores
+    from medad.engine.fewshot import auto_threshold
     from medad.engine.scorers import load_or_prepare_supports
 
     run = RunFolder(args.out)
@@ -268,6 +268,7 @@ def run_score(args: argparse.Namespace) -> int:
         support = load_inputs(args.support, size, flag="--support", **read)
         if support.volumes:
             raise CliError(f"--support: {support.volumes[0].source} is a volume; give normal 2-D reference images")
+        support = drop_duplicate_supports(support, "--support")
         queries = load_inputs(args.query, size, flag="--query", **read)
         support_images = support.tensor()
         supports = load_or_prepare_supports(scorer, support_images, Path(args.support_cache))
@@ -281,8 +282,7 @@ def run_score(args: argparse.Namespace) -> int:
             threshold = heldout_threshold(score_inputs(heldout, predict, scorer.name).unit_scores(),
                                           args.threshold_percentile, args.threshold_from)
         elif args.threshold in (None, "auto"):
-            threshold = support_threshold(leave_one_out_scores(model, support_images) if len(support_images) > 1
-                                          else [])
+            threshold = auto_threshold(model, support_images, [str(image.path) for image in support.images])
         elif args.threshold == "none":
             threshold = no_threshold()
         else:

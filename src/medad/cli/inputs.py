@@ -208,3 +208,16 @@ def load_inputs(items: list[str], image_size: int, *, flag: str, skip_unreadable
         raise CliError(f"{flag} {' '.join(items)}: no image or volume could be read"
                        + (f" ({len(loader.skipped)} skipped)" if loader.skipped else ""))
     return inputs
+
+
+def drop_duplicate_supports(support: Inputs, flag: str) -> Inputs:
+    """``support`` without duplicate and near-duplicate images (:mod:`medad.engine.support_checks`), each
+    dropped one warned about and listed among the skipped files."""
+    from medad.engine.support_checks import distinct_supports
+
+    kept, dropped = distinct_supports(support.tensor(), [str(image.path) for image in support.images])
+    for item in dropped:
+        console.warn(f"{flag}: {item.describe()}; dropped (a repeated support would collapse the supports' "
+                     f"statistics), K is now {len(kept)}")
+    return Inputs([support.images[i] for i in kept], support.volumes,
+                  support.skipped + [(item.name, f"support {item.describe()}") for item in dropped])

@@ -39,6 +39,10 @@ Pixel rules
   higher values are always brighter.  Colour DICOM (RGB/YBR) is converted to RGB and divided
   by ``2**BitsStored − 1``.  Multi-frame DICOM is refused (read it as a volume).
 * Multi-page TIFF/GIF: the first page is read.
+* **Pixel budget**: an image may hold at most :func:`max_pixels` pixels (40 million, e.g. 6300×6300; the
+  environment variable ``MEDAD_MAX_PIXELS`` sets another), checked from the header before any pixel is
+  decoded.  A larger JPEG is decoded reduced by 2, 4 or 8 (Pillow's draft mode) to fit; any other larger
+  image (a decompression bomb: a 237 KB PNG of 13000×13000 would take gigabytes) is refused.
 * EXIF orientation is **not** applied (pixels are read as stored).
 
 Errors
@@ -50,7 +54,9 @@ names the file, says what is wrong and what to do.  Missing optional libraries r
 
 from __future__ import annotations
 
+import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +92,59 @@ DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 VOLUME_SUFFIXES = frozenset({".mha", ".mhd", ".nii", ".nii.gz"})
 SUPPORTED_SUFFIXES = IMAGE_SUFFIXES | DICOM_SUFFIXES | VOLUME_SUFFIXES
 LOSSY_SUFFIXES = frozenset({".jpg", ".jpeg", ".webp"})
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def max_pixels() -> int:
+    """The pixel budget of one decoded image: ``MEDAD_MAX_PIXELS`` or :data:`DEFAULT_MAX_PIXELS`."""
+    text = os.environ.get("MEDAD_MAX_PIXELS", "")
+    try:
+        value = int(text) if text else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ValueError(f"MEDAD_MAX_PIXELS must be a whole number of pixels, got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"MEDAD_MAX_PIXELS must be positive, got {value}")
+    return value
+
+
+def _over_budget(path: Path, width: int, height: int) -> ImageReadError:
+    return ImageReadError(path, f"image is {width}×{height} pixels ({width * height / 1e6:.0f} million), above "
+                                f"medad's budget of {max_pixels() / 1e6:g} million pixels per image",
+                          "downscale it first, or set MEDAD_MAX_PIXELS higher if this machine has the memory")
+
+
+def _fit_budget(path: Path, img) -> None:
+    """Refuse (or, for JPEG, draft-decode reduced) an opened Pillow image above the pixel budget."""
+    width, height = img.size
+    budget = max_pixels()
+    if width * height <= budget:
+        return
+    if img.format == "JPEG":  # DCT scaling by 1/2, 1/4 or 1/8: the largest reduction that still fits
+        scale = math.sqrt(budget / (width * height)) / 2
+        img.draft(img.mode, (max(1, int(width * scale)), max(1, int(height * scale))))
+    if img.size[0] * img.size[1] > budget:
+        raise _over_budget(path, width, height)
+
+
+def pixel_count(path: str | os.PathLike) -> int:
+    """Pixels of an image file from its header (Pillow or DICOM), without decoding them; 0 when unknown."""
+    path = Path(path)
+    try:
+        if file_kind(path) == "image":
+            from PIL import Image
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img = Image.open(path)
+            with img:
+                return img.size[0] * img.size[1]
+        if file_kind(path) == "dicom":
+            pydicom = require_module("pydicom", "reading DICOM files")
+            header = pydicom.dcmread(str(path), force=True, stop_before_pixels=True)
+            return int(getattr(header, "Rows", 0) or 0) * int(getattr(header, "Columns", 0) or 0)
+    except Exception:  # noqa: BLE001 - an unreadable header is the decoder's to report
+        return 0
+    return 0
 
 
 # --------------------------------------------------------------------------- file kinds
@@ -176,7 +235,11 @@ def _decode_pil(path: Path, high_bit: str) -> DecodedImage:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with warnings.catch_warnings():  # medad's pixel budget, checked next, decides (PIL only warns below 2×)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        with img:
+            _fit_budget(path, img)
             fmt = img.format or "?"
             mode = img.mode
             if getattr(img, "n_frames", 1) > 1:
@@ -188,7 +251,8 @@ def _decode_pil(path: Path, high_bit: str) -> DecodedImage:
                                    "an image at all)") from exc
     except Image.DecompressionBombError as exc:
         raise ImageReadError(path, f"image is too large ({exc})",
-                             "raise PIL.Image.MAX_IMAGE_PIXELS if the file is trusted") from exc
+                             "downscale it first; medad refuses images above its pixel budget (MEDAD_MAX_PIXELS)"
+                             ) from exc
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as exc:
@@ -257,6 +321,9 @@ def _decode_dicom(path: Path) -> DecodedImage:
             "export the image series itself (files whose SOP class is an image storage), or "
             "remove this file from the data folder",
         )
+    rows, columns = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    if rows * columns > max_pixels():
+        raise _over_budget(path, columns, rows)
     try:
         arr = ds.pixel_array
     except Exception as exc:

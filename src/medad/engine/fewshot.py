@@ -24,6 +24,7 @@ from medad.engine.training import TrainConfig, TrainResult, fit
 from medad.device import module_device
 from medad.features import FeatureBank, FeatureCache, stack_features
 from medad.models.d24fad import QueryFeatures
+from medad.engine.thresholds import Threshold, support_threshold
 from medad.models.support_matching import mean_pairwise_cosine
 
 if TYPE_CHECKING:
@@ -162,6 +163,13 @@ def leave_one_out_scores(model: FewShotModel, support_images: torch.Tensor) -> l
         _, score = model.predict(support_images[held_out:held_out + 1], model.prepare_supports(others))
         scores.append(float(score[0]))
     return scores
+
+
+def auto_threshold(model: FewShotModel, support_images: torch.Tensor, names: list[str], **wording) -> Threshold:
+    """The 'auto' threshold of a support set (:func:`medad.engine.thresholds.support_threshold`, its rule chosen
+    for the model's score units); ``wording`` (``advice``) phrases its warnings for the caller."""
+    loo = leave_one_out_scores(model, support_images) if len(support_images) > 1 else []
+    return support_threshold(loo, names, standardised=getattr(model, "standardised_scores", False), **wording)
 
 
 def calibrate_threshold(model: FewShotModel, support_images: torch.Tensor) -> float:

@@ -15,6 +15,7 @@ The CLI, the evaluation and the report find files only through the names here.
 ``fewshot_metrics_<task>.json`` …               ``medad fewshot evaluate`` (names below)
 ``report/``                                     the HTML report of the folder
 ``.medad.lock``                                 PID, host and command of the run writing here
+``.medad-replaced/``                            the run ``--overwrite`` replaces, until the new run saves
 ==============================================  ==========================================================
 
 Rules
@@ -24,6 +25,9 @@ Rules
 * One writer at a time: a lock file names the process; a lock whose process is gone (same host) is stale
   and replaced with a warning.
 * A fresh training run that fails or is interrupted before its first epoch is saved leaves no folder behind.
+* ``--overwrite`` of a training run moves the old run aside (``.medad-replaced/``) and deletes it only once the
+  new run has saved its first checkpoint; a new run that fails or is interrupted before that puts the old run
+  back as it was (after a kill, the next command in the folder does).
 * The checkpoint pair: ``training_state.pt`` is self-contained (it also holds the weights and metadata) and
   is written first, ``model.safetensors`` second, both atomically and with Ctrl-C held back until both are
   in place.  Resume reads the state; a model file behind it (a kill between the two writes) is rewritten.
@@ -65,6 +69,7 @@ SKIPPED_FILE = "skipped_files.csv"
 DEMO_FILE = "demo.json"
 REPORT_DIR = "report"
 LOCK_FILE = ".medad.lock"
+REPLACED_DIR = ".medad-replaced"
 DEMO_MODEL_DIR = "model"
 DEMO_PHANTOMS_DIR = "phantoms"
 
@@ -280,6 +285,7 @@ class RunFolder:
         self.check_writable()
         self._overwrite = overwrite
         with self.locked(command):
+            self._settle_replaced()
             existing = self.holds(ALL_OUTPUTS)
             if resume and not self.file(STATE_FILE).is_file():
                 raise RunFolderError(f"--resume: {self.path} holds no training state ({STATE_FILE}) to continue; "
@@ -302,8 +308,26 @@ class RunFolder:
         return _listing(existing)
 
     def _discard(self) -> None:
-        self.remove(TRAINING_FILES)
+        """Remove what a run that saved no checkpoint wrote, and put back the run it was replacing."""
+        if self.file(REPLACED_DIR).is_dir():
+            self._settle_replaced()
+        else:
+            self.remove(TRAINING_FILES)
         self._remove_if_created_and_empty()
+
+    def _settle_replaced(self) -> None:
+        """A run moved aside by ``--overwrite``: dropped once the new run has a checkpoint, else restored."""
+        aside = self.file(REPLACED_DIR)
+        if not aside.is_dir():
+            return
+        if self.file(MODEL_FILE).is_file():
+            shutil.rmtree(aside)
+            return
+        self.remove(self.holds(ALL_OUTPUTS))
+        for entry in aside.iterdir():
+            os.replace(entry, self.file(entry.name))
+        aside.rmdir()
+        console.warn(f"the new run in {self.path} saved no checkpoint; the run it was replacing is back as it was")
 
     def _remove_if_created_and_empty(self) -> None:
         """Remove the folder this claim created when nothing but its own lock is in it."""
@@ -318,7 +342,11 @@ class RunFolder:
     def start(self, config: dict[str, Any]) -> None:
         """Begin a validated training run: remove the old run if overwriting, then write ``config.json``."""
         if self._overwrite:
-            self.remove(self.holds(ALL_OUTPUTS))
+            old = self.holds(ALL_OUTPUTS)
+            if old:
+                self.file(REPLACED_DIR).mkdir()
+                for name in old:
+                    os.replace(self.file(name), self.file(REPLACED_DIR) / name)
         write_json(self.file(CONFIG_FILE), config)
 
     # ----- records ---------------------------------------------------------------------------------------------
@@ -369,6 +397,7 @@ class RunFolder:
         with sigint_deferred():
             save_training_state(self.file(STATE_FILE), {**state, "weights": weights, "meta": meta})
             save_model(self.file(MODEL_FILE), weights, meta)
+            self._settle_replaced()
 
     def load_checkpoint(self, method: str) -> dict[str, Any] | None:
         """The training state to resume from (with ``weights`` and ``meta``), or None when there is none.

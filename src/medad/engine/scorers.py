@@ -117,16 +117,24 @@ def _support_cache_file(cache_dir: Path, scorer: ScoringModel, images: torch.Ten
 
 def load_or_prepare_supports(scorer: ScoringModel, support_images: torch.Tensor, cache_dir: Path | None):
     """Support features from the cache when this scorer has seen these images, else computed (and stored when
-    ``cache_dir`` is given).  The cache holds host tensors; they are loaded onto the model's device."""
+    ``cache_dir`` is given).  The cache holds host tensors; they are loaded onto the model's device.  A damaged
+    entry (truncated, edited, not the tensors this model needs) is dropped with a warning and computed again."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file, save_file
 
+    from medad import console
     from medad.device import module_device
 
     if cache_dir is None:
         return scorer.model.prepare_supports(support_images)
     path = _support_cache_file(cache_dir, scorer, support_images)
     if path.is_file():
-        return scorer.model.supports_from_tensors(load_file(str(path), device=str(module_device(scorer.model))))
+        try:
+            return scorer.model.supports_from_tensors(load_file(str(path), device=str(module_device(scorer.model))))
+        except (SafetensorError, OSError, KeyError, ValueError, RuntimeError) as error:
+            console.warn(f"the support cache entry {path} is damaged ({' '.join(str(error).split())}); "
+                         "it was dropped and the supports' features are computed again")
+            path.unlink(missing_ok=True)
     supports = scorer.model.prepare_supports(support_images)
     with atomic_path(path) as tmp:
         save_file({name: tensor.cpu() for name, tensor in supports.to_tensors().items()}, str(tmp))

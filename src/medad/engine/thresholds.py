@@ -1,9 +1,11 @@
 """Decision thresholds, each with the rule it came from and how far it can be trusted.
 
 * ``fixed``: a number given by the user.
-* ``support-leave-one-out``: the highest of the K normal supports' leave-one-out scores (each support scored
-  against the other K − 1).  With K < :data:`MIN_RELIABLE_K` this is the maximum of a handful of scores and
-  carries a warning.
+* ``support-leave-one-out`` (the ``auto`` threshold): a rule (:data:`AUTO_RULE`) applied to the K normal
+  supports' leave-one-out scores (each support scored against the other K − 1).  The rule was chosen by
+  measurement (``benchmarks/fewshot_thresholds.py``, docs/METHODS.md); with K < :data:`MIN_RELIABLE_K` the
+  threshold carries a warning saying what the rule cost on the development tasks at that K, and a support
+  whose leave-one-out score stands far above the others' is named.
 * ``held-out-percentile``: a stated percentile of the scores of held-out normal images (fewer than
   :data:`MIN_RELIABLE_HELDOUT` carry a warning).
 
@@ -110,22 +112,81 @@ def fixed_threshold(value: float) -> Threshold:
     return Threshold(float(value), "fixed", f"the fixed threshold {value:g} given with --threshold")
 
 
-def support_threshold(loo_scores: list[float]) -> Threshold:
-    """The highest leave-one-out score of the K supports; with K < 2 there is none (no verdicts, a warning)."""
+#: the 'auto' rule, chosen by benchmarks/fewshot_thresholds.py (lowest balanced error over three development
+#: tasks, K = 2, 4, 8, 5 draws): for models whose scores are standardised by the supports' statistics
+#: (D²4FAD-NN, measured on it), and for the others (measured on PatchCore-K)
+AUTO_RULE = {"standardised": "cut:2", "raw": "loo-max"}
+#: what each 'auto' rule cost there, by K: (false-normal rate, false-abnormal rate) — the warnings quote it
+AUTO_RULE_COST = {"cut:2": {2: (0.271, 0.652), 4: (0.337, 0.594), 8: (0.216, 0.666)},
+                  "loo-max": {2: (0.646, 0.327), 4: (0.827, 0.153), 8: (0.870, 0.103)}}
+
+
+def auto_rule(standardised: bool) -> str:
+    """The 'auto' rule for a model whose scores are (or are not) standardised by the supports' statistics."""
+    return AUTO_RULE["standardised" if standardised else "raw"]
+
+
+def describe_rule(rule: str, k: int) -> str:
+    family, _, parameter = rule.partition(":")
+    if family == "loo-max":
+        return f"the highest of the leave-one-out scores of the K={k} normal supports"
+    if family == "mad":
+        return (f"the median + {parameter}·MAD (scaled to σ) of the leave-one-out scores of the K={k} normal "
+                "supports")
+    return (f"the fixed cut {parameter} in the model's standardised units (its maps standardised by the "
+            f"leave-one-out statistics of the K={k} normal supports)")
+
+
+#: far above the others: a support's leave-one-out score more than this many robust σ (or tenths of their
+#: median) above the median of the others'
+OUTLIER_SIGMAS = 3.0
+
+
+def outlying_support(loo_scores: list[float]) -> int | None:
+    """The support (index) whose leave-one-out score stands far above the others' (K ≥ 3), or None."""
+    scores = np.asarray(loo_scores, dtype=float)
+    if len(scores) < 3:
+        return None
+    top = int(scores.argmax())
+    others = np.delete(scores, top)
+    median = float(np.median(others))
+    spread = max(MAD_TO_SIGMA * float(np.median(np.abs(others - median))), 0.1 * abs(median), 1e-12)
+    return top if scores[top] - median > OUTLIER_SIGMAS * spread else None
+
+
+def support_threshold(loo_scores: list[float], names: list[str] | None = None, *, standardised: bool = False,
+                      advice: str = "use K ≥ 8 supports or --threshold-from a folder of held-out normal images"
+                      ) -> Threshold:
+    """The 'auto' threshold (:data:`AUTO_RULE`) from the K supports' leave-one-out scores; with K < 2 there is none
+    (no verdicts, a warning).  ``names`` name the supports in the warnings; ``advice`` says what to do instead
+    (in the caller's terms)."""
     k = len(loo_scores)
     if k < 2:
         return Threshold(None, "none", "no threshold: the 'auto' threshold needs at least 2 supports",
                          warning="no 'auto' threshold from fewer than 2 supports, so no verdicts; give more supports, "
                                  "--threshold NUMBER or --threshold-from a folder of held-out normal images")
-    warning = None
+    names = names or [f"support {i + 1}" for i in range(k)]
+    rule = auto_rule(standardised)
+    value = rule_threshold(rule, loo_scores)
+    warnings = []
+    outlier = outlying_support(loo_scores)
+    if outlier is not None:
+        others = np.delete(np.asarray(loo_scores, dtype=float), outlier)
+        sets = " and sets the threshold" if value == loo_scores[outlier] else ""
+        warnings.append(f"{names[outlier]} stands far from the other supports (leave-one-out score "
+                        f"{loo_scores[outlier]:.4g}, the others {others.min():.4g}–{others.max():.4g}){sets}: check "
+                        "that it is a typical normal image of this task, or leave it out")
     if k < MIN_RELIABLE_K:
-        warning = (f"the 'auto' threshold is the highest of only K={k} leave-one-out support scores, so it is "
-                   f"uncertain (expect false alarms or misses); use K ≥ {MIN_RELIABLE_K} supports or --threshold-from "
-                   "a folder of held-out normal images")
-    return Threshold(float(max(loo_scores)), "support-leave-one-out",
-                     f"the highest of the leave-one-out scores of the K={k} normal supports (each support scored "
-                     f"against the other {k - 1})", {"k": k, "support_scores": [float(s) for s in loo_scores]},
-                     warning)
+        cost_k = max([known for known in AUTO_RULE_COST[rule] if known <= k], default=min(AUTO_RULE_COST[rule]))
+        missed, false_alarms = AUTO_RULE_COST[rule][cost_k]
+        warnings.append(f"the 'auto' threshold rests on only K={k} supports: on the development tasks at K={cost_k} "
+                        f"its rule ({rule}) called {100 * missed:.0f}% of abnormal images normal and "
+                        f"{100 * false_alarms:.0f}% of normal images abnormal (docs/METHODS.md); {advice}")
+    return Threshold(value, "support-leave-one-out",
+                     describe_rule(rule, k) + ("" if rule.startswith("cut:") else
+                                               f" (each support scored against the other {k - 1})"),
+                     {"k": k, "auto_rule": rule, "support_scores": [float(s) for s in loo_scores]},
+                     "; ".join(warnings) or None)
 
 
 def heldout_threshold(scores: np.ndarray, percentile: float, source: str) -> Threshold:

@@ -67,6 +67,12 @@ class OneClassModel(AnomalyModel):
 class FewShotModel(AnomalyModel):
     """Trained episodically on several tasks; scores queries of an unseen task against K normal supports."""
 
+    @property
+    def standardised_scores(self) -> bool:
+        """Whether image scores are in units standardised by the supports' own statistics (the 'auto' threshold
+        rule depends on it, :func:`medad.engine.thresholds.auto_rule`)."""
+        return False
+
     @abstractmethod
     def loss(self, query_teacher: list[torch.Tensor], support_teacher: list[torch.Tensor]) -> torch.Tensor:
         """The loss of B queries and K supports of one task (teacher features)."""

@@ -49,6 +49,10 @@ AUGMENTATIONS = ("none", "flip")
 #: (focal findings such as tumours raise the top, diffuse ones such as pneumonia the mean)
 SCORES = ("max", "top5", "top5+mean")
 TOP_FRACTION = 0.05
+#: floor of each map's standard deviation over the supports, as a fraction of its mean: near-identical supports
+#: (a repeated image) make the leave-one-out values nearly constant, and dividing by their tiny spread would turn
+#: every query into an outlier
+STD_FLOOR = 0.1
 
 
 @dataclass
@@ -209,8 +213,12 @@ class D24FADNN(FewShotModel):
             for i, name in enumerate(self.config.maps):
                 pooled = torch.cat(values[name])
                 stats[i, 0] = pooled.mean()
-                stats[i, 1] = pooled.std().clamp_min(1e-6)
+                stats[i, 1] = pooled.std().clamp_min(max(STD_FLOOR * float(pooled.mean().abs()), 1e-6))
         return SupportBank(k, student, patches, stats)
+
+    @property
+    def standardised_scores(self) -> bool:
+        return self.config.normalise
 
     @staticmethod
     def supports_from_tensors(tensors: dict[str, torch.Tensor]) -> SupportBank:

@@ -17,7 +17,7 @@ import io
 import re
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +25,15 @@ import torch
 from flask import Flask, abort, render_template, request, send_from_directory
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from medad.data.io import read_image
+from medad.data.io import max_pixels, read_image
 from medad.engine.evaluate import predict_batches
-from medad.engine.fewshot import leave_one_out_scores
+from medad.engine.fewshot import auto_threshold
 from medad.engine.scorers import ScoringModel, load_or_prepare_supports
-from medad.engine.thresholds import MIN_RELIABLE_K, NonFiniteScoreError, Threshold, check_scores, support_threshold
+from medad.engine.support_checks import distinct_supports
+from medad.engine.thresholds import MIN_RELIABLE_K, NonFiniteScoreError, Threshold, check_scores
 from medad.options import OptionError, parse_threshold
 from medad.visualize import write_heatmaps
-from medad.serve.uploads import ACCEPTED, Limits, Upload, UploadError, read_upload, save_uploads
+from medad.serve.uploads import ACCEPTED, Limits, PixelBudget, Upload, UploadError, read_upload, save_uploads
 
 CSV_FILE = "scores.csv"
 HEATMAPS = "heatmaps"
@@ -55,17 +56,19 @@ class Scoring:
     references: list[str]
     threshold: Threshold
     rows: list[QueryResult]
+    #: references dropped as duplicates of others (what and why)
+    dropped: list[str] = field(default_factory=list)
 
     @property
     def warning(self) -> str | None:
-        """The threshold's caveat in the page's terms (the CLI's names its flags)."""
-        k = len(self.references)
+        """The threshold's caveats in the page's terms (the CLI's names its flags), and the dropped references."""
+        notes = [f"{note}; dropped" for note in self.dropped]
         if self.threshold.rule == "none":
-            return "no automatic threshold from a single reference, so no verdicts; give more references or a number"
-        if self.threshold.rule == "support-leave-one-out" and k < MIN_RELIABLE_K:
-            return (f"the automatic threshold is the highest of only K={k} leave-one-out reference scores, so it is "
-                    f"uncertain (expect false alarms or misses); give K ≥ {MIN_RELIABLE_K} references or a number")
-        return None
+            notes.append("no automatic threshold from a single reference, so no verdicts; give more references or a "
+                         "number")
+        elif self.threshold.warning and self.threshold.rule == "support-leave-one-out":
+            notes.append(self.threshold.warning)
+        return "; ".join(notes) or None
 
 
 def form_threshold(text: str) -> float | None:
@@ -87,6 +90,7 @@ class FewShotScorer:
         self.scorers = scorers
         self.default = default
         self.lock = threading.Lock()
+        self.pixels = PixelBudget(max_pixels())
 
     def choose(self, method: str) -> ScoringModel:
         """The scorer of a form's method (empty: the default)."""
@@ -99,16 +103,18 @@ class FewShotScorer:
               folder: Path) -> Scoring:
         scorer = self.choose(method)
         model = scorer.model
-        support_images = torch.stack([read_upload(upload, scorer.image_size) for upload in references])
-        query_images = torch.stack([read_upload(upload, scorer.image_size) for upload in queries])
+        support_images = torch.stack([read_upload(upload, scorer.image_size, self.pixels) for upload in references])
+        kept, dropped = distinct_supports(support_images, [upload.name for upload in references])
+        references, support_images = [references[i] for i in kept], support_images[kept]
+        query_images = torch.stack([read_upload(upload, scorer.image_size, self.pixels) for upload in queries])
         with self.lock, torch.no_grad():
             supports = load_or_prepare_supports(scorer, support_images, None)
             maps, scores = predict_batches(lambda rows: model.predict(query_images[rows], supports),
                                            len(query_images), 16)
             threshold = (Threshold(fixed, "fixed", f"the fixed threshold {fixed:g} given in the form")
                          if fixed is not None else
-                         support_threshold(leave_one_out_scores(model, support_images)
-                                           if len(support_images) > 1 else []))
+                         auto_threshold(model, support_images, [upload.name for upload in references],
+                                        advice=f"give K ≥ {MIN_RELIABLE_K} references or a number"))
         check_scores(scores, [upload.name for upload in queries], scorer.name)
         names = [upload.path.name for upload in queries]
         write_heatmaps(folder / HEATMAPS, names, (read_image(upload.path) for upload in queries), maps, scores,
@@ -116,7 +122,8 @@ class FewShotScorer:
         rows = [QueryResult(upload.name, float(score), threshold.is_abnormal(score), threshold.verdict(score),
                             f"{upload.path.stem}.png") for upload, score in zip(queries, np.asarray(scores), strict=False)]
         _write_csv(folder / CSV_FILE, rows, threshold)
-        return Scoring(folder.name, scorer.name, [upload.name for upload in references], threshold, rows)
+        return Scoring(folder.name, scorer.name, [upload.name for upload in references], threshold, rows,
+                       [item.describe() for item in dropped])
 
 
 def _write_csv(path: Path, rows: list[QueryResult], threshold: Threshold) -> None:

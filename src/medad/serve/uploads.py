@@ -4,16 +4,21 @@ A file's type is decided by its content, not its name: PNG and JPEG by their sig
 ``DICM`` preamble.  Each is saved as ``<index>_<safe name><suffix of its type>`` so that the files keep
 the order of the upload and medad's readers recognise them.  Images are read as ``medad fewshot score``
 reads them (the same decoding, quality checks and resizing), so the app's scores equal the CLI's.
+The pixels decoded at once, over all requests, are bounded by a :class:`PixelBudget` (one image's budget,
+:func:`medad.data.io.max_pixels`, by default): concurrent uploads of huge images wait for each other.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from medad.data.io import ImageReadError, array_to_tensor, decode_image, to_unit_float
+from medad.data.io import ImageReadError, array_to_tensor, decode_image, max_pixels, pixel_count, to_unit_float
 from medad.data.quality import image_problems
 
 if TYPE_CHECKING:
@@ -84,16 +89,42 @@ def save_uploads(files: list[tuple[str, IO[bytes]]], folder: Path, role: str, mi
     return saved
 
 
-def read_upload(upload: Upload, size: int) -> torch.Tensor:
-    """The image as a 3×S×S tensor in [0, 1], read as ``medad fewshot score`` reads it; refuses what it refuses."""
+class PixelBudget:
+    """At most ``limit`` pixels decoded at once across threads; a larger claim waits until it fits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(max(pixels, 1), self.limit)  # one image above the limit is refused by the decoder
+        with self._changed:
+            self._changed.wait_for(lambda: self.in_flight + pixels <= self.limit)
+            self.in_flight += pixels
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_flight -= pixels
+                self._changed.notify_all()
+
+
+def read_upload(upload: Upload, size: int, budget: PixelBudget | None = None) -> torch.Tensor:
+    """The image as a 3×S×S tensor in [0, 1], read as ``medad fewshot score`` reads it; refuses what it refuses.
+
+    With ``budget``, its pixels are decoded only when they fit in it."""
     from medad.data.dataset import resize_image
 
-    try:
-        decoded = decode_image(upload.path)
-    except ImageReadError as error:
-        raise UploadError(f"{upload.name}: {error.problem}") from None
-    problems = image_problems(decoded.array)
-    if problems:
-        raise UploadError(f"{upload.name}: {'; '.join(problems.unusable + problems.degenerate)}, so its score "
-                          "would mean nothing")
-    return resize_image(array_to_tensor(to_unit_float(decoded)), size)
+    budget = budget or PixelBudget(max_pixels())
+    with budget.hold(pixel_count(upload.path)):
+        try:
+            decoded = decode_image(upload.path)
+        except ImageReadError as error:
+            raise UploadError(f"{upload.name}: {error.problem}") from None
+        problems = image_problems(decoded.array)
+        if problems:
+            raise UploadError(f"{upload.name}: {'; '.join(problems.unusable + problems.degenerate)}, so its score "
+                              "would mean nothing")
+        return resize_image(array_to_tensor(to_unit_float(decoded)), size)
