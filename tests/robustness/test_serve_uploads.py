@@ -16,17 +16,16 @@ from test_images import png_bomb
 
 pytest.importorskip("flask", reason="medad serve needs Flask (pip install -e '.[test,deploy]')")
 
-from medad.models.factory import load_trained_model  # noqa: E402
+from medad.engine.scorers import load_scorer  # noqa: E402
 from medad.serve.app import FewShotScorer, create_app  # noqa: E402
 from medad.serve.uploads import Limits, PixelBudget  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def served(default_fewshot_checkpoint, tmp_path_factory):
-    model, meta = load_trained_model(default_fewshot_checkpoint)
     workdir = tmp_path_factory.mktemp("serve")
-    scorer = FewShotScorer(model, meta["image_size"])
-    app = create_app(scorer, workdir, Limits(max_file_bytes=2_000_000, max_references=4, max_queries=4), meta)
+    scorer = FewShotScorer({"d24fad_nn": load_scorer(checkpoint=default_fewshot_checkpoint)}, "d24fad_nn")
+    app = create_app(scorer, workdir, Limits(max_file_bytes=2_000_000, max_references=4, max_queries=4))
     return app.test_client(), workdir, scorer
 
 
@@ -89,7 +88,7 @@ def test_nan_scores_give_an_error_page_and_no_verdict(served, phantom_chest, mon
     def nan_predict(images, supports):
         return torch.full((len(images), *images.shape[-2:]), float("nan")), torch.full((len(images),), float("nan"))
 
-    monkeypatch.setattr(scorer.model, "predict", nan_predict)
+    monkeypatch.setattr(scorer.scorers["d24fad_nn"].model, "predict", nan_predict)
     response = _post(client, _good(phantom_chest, 3), _good(phantom_chest, 1, "test"), threshold="1")
     html = response.get_data(as_text=True)
     assert response.status_code == 500 and "cannot become a verdict" in html

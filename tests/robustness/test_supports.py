@@ -112,7 +112,7 @@ def test_a_damaged_support_cache_entry_is_dropped_and_recomputed(cli, default_fe
 
 def test_heat_maps_are_anchored_to_the_threshold(tmp_path):
     """Row: the colour scale was relative to each batch, so a normal image still showed red."""
-    from medad.cli.common import write_heatmaps
+    from medad.visualize import write_heatmaps
 
     maps = np.stack([np.full((32, 32), 0.1), np.full((32, 32), 0.2)]).astype(np.float32)  # both below 0.5
     images = [torch.full((3, 32, 32), 0.5)] * 2
