@@ -92,7 +92,6 @@ def number_type(key: str) -> Callable[[str], int | float]:
         except OptionError:
             raise argparse.ArgumentTypeError(f"expected {rule.describe()}, got {text!r}") from None
 
-    parse.__name__ = key  # argparse names the type in some messages
     return parse
 
 

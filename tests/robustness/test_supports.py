@@ -19,6 +19,7 @@ def _score(cli, checkpoint, supports, queries, out, cache, *flags):
                "--out", out, "--support-cache", cache, *flags)
 
 
+@pytest.mark.slow
 def test_repeated_supports_are_dropped_and_reported(cli, default_fewshot_checkpoint, phantom_chest, tmp_path):
     """Row: one support repeated 3 times collapsed the statistics (a normal query scored 4152), without a word."""
     folder = tmp_path / "supports"
@@ -91,6 +92,7 @@ def test_the_auto_rule_is_the_one_the_benchmark_chose():
             assert false_alarms == pytest.approx(np.mean([r["false_abnormal"] for r in chosen]), abs=0.005)
 
 
+@pytest.mark.slow
 def test_a_damaged_support_cache_entry_is_dropped_and_recomputed(cli, default_fewshot_checkpoint, phantom_chest,
                                                                   tmp_path):
     """Row: every later score with those supports crashed with a SafetensorError traceback."""
