@@ -3,14 +3,19 @@ scores the card recorded on fixed shared images (skipped without ../shared/data)
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 
 from medad.checkpoints import load_model
 from medad.data.images import load_images
-from medad.data.registry import data_root
+from medad.data.registry import data_root, list_tasks
 from medad.data.samples import Sample
 from medad.engine.scorers import load_scorer
+from medad.models.d24fad_nn import D24FADNNConfig
+from medad.models.registry import method_info
 from medad.pretrained import CARD_MD, HELD_OUT_TASK, bundled_checkpoint, file_sha256, model_card
 
 
@@ -26,6 +31,18 @@ def test_the_bundled_file_is_the_one_its_card_describes():
     text = path.with_name(CARD_MD).read_text()
     assert card["sha256"] in text and card["command"] in text and HELD_OUT_TASK in text
     assert all(name in text for name in card["training"]["tasks"])
+
+
+def test_the_bundled_model_is_current_with_the_registry_and_the_default_configuration():
+    """The card's training set is every registered task but the held-out one, and its configuration is
+    D²4FAD-NN's default: a change of either means rebuilding the bundled model in the same change."""
+    card = model_card()
+    assert set(card["training"]["tasks"]) == set(list_tasks()) - {HELD_OUT_TASK}
+    assert card["config"] == json.loads(json.dumps(asdict(D24FADNNConfig())))
+    budget = method_info("d24fad_nn").training
+    training = card["training"]
+    assert (training["epochs"], training["batch_size"], training["max_queries_per_task"], training["lr"]) == (
+        budget.epochs, budget.batch_size, budget.max_queries_per_task, budget.lr)
 
 
 def test_the_bundled_model_reproduces_the_cards_scores_on_shared_images():

@@ -30,8 +30,8 @@ SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]
 SHARED_TARGET = "brain_tumor"
 #: said beside the result: how the references were drawn, and what that means for the scores
 SUPPORT_CAVEAT = ("the K references are drawn at random from the task's training normals; scores are relative to "
-                  "them, so a view they do not show (another imaging plane, position or scanner) scores as anomalous: "
-                  "give references that cover the views you score")
+                  "them, so a view they do not show (another imaging plane, slice level, position or scanner) scores "
+                  "as anomalous: give references that cover the views you score")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

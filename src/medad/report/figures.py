@@ -262,7 +262,7 @@ def heatmap_figure(heat: HeatmapSet):
     else:
         sections = [("heat maps (not ranked: no scores)", heat.tiles)]
     ncols = 4
-    row_height, header = 2.55, 0.6  # a 2:1 tile 3.7 in wide is 1.85 in tall, plus its two-line title
+    row_height, header = 2.55, 1.0  # a 2:1 tile 3.7 in wide is 1.85 in tall, plus its two-line title
     row_counts = [int(np.ceil(len(tiles) / ncols)) for _, tiles in sections]
     heights = [row_height * r + header for r in row_counts]
     fig = plt.figure(figsize=(15, sum(heights)))
