@@ -1,10 +1,10 @@
-"""Regenerate ``docs/serve_screenshot.png``: ``medad serve`` in headless Chromium with real brain-tumour MRI images.
+"""Regenerate ``docs/serve_screenshot.png``: ``medad serve`` in headless Chromium with real head-CT images.
 
     python docs/serve_screenshot.py [--checkpoint RUN] [--data-root ../shared/data]
 
 Without ``--checkpoint`` the app serves medad's bundled model (the committed screenshot), with it a few-shot
-run folder.  Four normal training images of the unseen brain-tumour task
-are the references; two normal and two tumour test images the queries.  Needs chromium, chromium-driver
+run folder.  Four normal training images of the head-CT task (``headct``, which the bundled model never saw)
+are the references; two normal and two haemorrhage test images the queries.  Needs chromium, chromium-driver
 and selenium.
 """
 
@@ -17,11 +17,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+
+from medad.data.tasks import load_task
 
 ARGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
@@ -33,10 +34,9 @@ def main() -> None:
     parser.add_argument("--data-root", default="../shared/data")
     parser.add_argument("--out", default="docs/serve_screenshot.png")
     args = parser.parse_args()
-    task = Path(args.data_root) / "brain_tumor_mri_nickparvar"
-    references = sorted((task / "train/good").iterdir())[:4]
-    queries = [*sorted((task / "test/good").iterdir())[:2], sorted((task / "test/glioma").iterdir())[0],
-               sorted((task / "test/meningioma").iterdir())[0]]
+    task = load_task("headct", root=args.data_root)
+    references = [sample.path for sample in task.train[:4]]
+    queries = ([s.path for s in task.test if s.label == 0][:2] + [s.path for s in task.test if s.label == 1][:2])
     checkpoint = ["--checkpoint", args.checkpoint] if args.checkpoint else []
     server = subprocess.Popen([sys.executable, "-m", "medad", "serve", *checkpoint, "--port", "0", "--device", "cpu"],
                               stdout=subprocess.PIPE, text=True)
