@@ -1,0 +1,80 @@
+"""Training-free K-shot scoring (medad.models.support_scoring): PatchCore-K and the candidate options."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medad.backbones import build_teacher
+from medad.models.patchcore import PatchCoreKShot
+from medad.models.support_scoring import SupportScoring, SupportScoringConfig, augment_supports
+
+CANDIDATES = [SupportScoringConfig(),
+              SupportScoringConfig(augment="flip"),
+              SupportScoringConfig(augment="flip+rotate", global_weight=0.5),
+              SupportScoringConfig(global_weight=1.0, score="top1")]
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher("efficientnet_lite0").eval()
+
+
+def _images(seed: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(n, 3, 64, 64)
+    return (0.6 * base + 0.4 * torch.rand(n, 3, 64, 64, generator=g)).clamp(0, 1)
+
+
+def test_default_config_is_patchcore_k(teacher):
+    supports, queries = _images(0, 3), _images(1, 4)
+    ours = SupportScoring(teacher)
+    maps, scores = ours.predict(queries, ours.prepare_supports(supports))
+    reference = PatchCoreKShot(teacher)
+    ref_maps, ref_scores = reference.predict(queries, reference.prepare_supports(supports))
+    bank = ours.prepare_supports(supports)
+    assert torch.allclose(scores * bank.patch_scale, ref_scores, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(maps * bank.patch_scale, ref_maps, rtol=1e-4, atol=1e-5)
+    assert SupportScoringConfig().name == "patchcore"
+
+
+@pytest.mark.parametrize("config", CANDIDATES, ids=lambda c: c.name)
+def test_every_candidate_uses_the_supports(teacher, config):
+    """A scorer that ignored its K references would score identically with other supports."""
+    scorer = SupportScoring(teacher, config)
+    queries = _images(1, 4)
+    a = scorer.predict(queries, scorer.prepare_supports(_images(2, 2)))[1]
+    b = scorer.predict(queries, scorer.prepare_supports(_images(3, 2)))[1]
+    assert torch.isfinite(a).all() and not torch.allclose(a, b, rtol=1e-3)
+
+
+def test_a_support_scores_lower_than_a_foreign_image(teacher):
+    scorer = SupportScoring(teacher, SupportScoringConfig(augment="flip", global_weight=1.0))
+    supports = _images(4, 3)
+    foreign = 1 - _images(5, 1)
+    scores = scorer.predict(torch.cat([supports[:1], foreign]), scorer.prepare_supports(supports))[1]
+    assert scores[0] < scores[1]
+
+
+def test_augmented_views_and_bank_size(teacher):
+    images = _images(6, 2)
+    views = augment_supports(images, "flip+rotate")
+    assert views.shape == (8, 3, 64, 64)
+    assert torch.equal(views[:2], images) and torch.equal(views[2:4], images.flip(-1))
+    scorer = SupportScoring(teacher, SupportScoringConfig(augment="flip"))
+    bank = scorer.prepare_supports(images)
+    grid = scorer.encode(images[:1]).patches.shape
+    assert bank.patches.shape == (4 * grid[2] * grid[3], grid[1]) and bank.pooled.shape[0] == 4
+
+
+def test_single_support_has_unit_scales(teacher):
+    bank = SupportScoring(teacher, SupportScoringConfig(global_weight=1.0)).prepare_supports(_images(7, 1))
+    assert bank.patch_scale == 1.0 and bank.global_scale == 1.0
+
+
+@pytest.mark.parametrize("bad", [{"augment": "mixup"}, {"score": "mean"}, {"global_weight": -1.0},
+                                 {"global_weight": float("nan")}])
+def test_config_refuses_unknown_options(bad):
+    with pytest.raises(ValueError):
+        SupportScoringConfig(**bad)
