@@ -9,6 +9,8 @@ Development pool (no split here is a test split of a reported fold):
 * brain_tumor, zhanglab: the last ``--dev-normals`` training normals (kept out of the support pool) vs
   ``--dev-abnormals`` images of the set's ``extra_train_abnormal`` folder;
 * nih_cxr: its validation split.
+Each development task is scored on a fixed stratified subsample of at most ``--max-images`` of these images (the CPU
+budget of this machine).
 Supports come from each task's near-duplicate-clean training normals (``medad.data.near_duplicates``).
 
 Candidates: training-free scorings that all use the supports (``medad.models.support_scoring``): PatchCore-K
@@ -59,7 +61,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
-    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--max-images", type=int, default=200,
+                        help="evaluation images per development task (a fixed stratified subsample; CPU budget)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--dev-normals", type=int, default=150)
     parser.add_argument("--dev-abnormals", type=int, default=150)
@@ -85,6 +89,17 @@ def development_split(name: str, args) -> tuple[list[Sample], list[Sample]]:
     if name == "nih_cxr":
         return task.train, task.valid
     return task.train, task.test
+
+
+def subsample(labels: list[int], n: int) -> np.ndarray:
+    """Indices of at most ``n`` images, each label in its own proportion (seeded, sorted)."""
+    labels = np.asarray(labels)
+    if len(labels) <= n:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(0)
+    picked = [rng.choice(np.flatnonzero(labels == lab), size=round(n * np.mean(labels == lab)), replace=False)
+              for lab in (0, 1)]
+    return np.sort(np.concatenate(picked))
 
 
 class Encoded:
@@ -114,6 +129,9 @@ def markdown(data: dict) -> str:
              f"Development pool: {', '.join(tasks)} (module doc of `benchmarks/fewshot_dev_selection.py`: the three "
              "development tasks' test splits; brain_tumor and zhanglab held-out training normals vs their "
              "extra_train_abnormal images; nih_cxr's validation split). No test split of a reported fold is used. "
+             "Images scored per task (normal + abnormal; support pool): " + ", ".join(
+                 f"{t} {v['normal']} + {v['abnormal']} ({v['support_pool']})"
+                 for t, v in sel["evaluation_images"].items()) + ". "
              f"K ∈ {sel['k']}, {sel['draws']} draws × draw seeds {sel['seeds']}. Candidates are training-free and "
              "all use the supports (`medad.models.support_scoring`).", "",
              f"Rule (fixed before the run): {sel['rule']}.", "",
@@ -143,13 +161,17 @@ def main() -> int:
                                                                     pieces=("--markdown-only",)), resume=False)
     base = SupportScoring(teacher)
     rows: dict[str, dict] = {}
+    sizes: dict[str, dict] = {}
     start = time.time()
     for name in DEV_TASKS:
         pool, evaluation = development_split(name, args)
-        labels = np.array([s.label for s in evaluation])
         encoded = Encoded(base, evaluation, cache / f"{name}.pt", args.image_size)
-        print(f"{name}: {len(evaluation)} images encoded, {time.time() - start:.0f} s", flush=True)
-        queries = QueryEncoding(encoded.patches, encoded.pooled, encoded.size)
+        keep = subsample([s.label for s in evaluation], args.max_images)
+        labels = np.array([evaluation[i].label for i in keep])
+        queries = QueryEncoding(encoded.patches[keep], encoded.pooled[keep], encoded.size)
+        sizes[name] = {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum()),
+                       "support_pool": len(pool)}
+        print(f"{name}: {len(labels)} of {len(evaluation)} images, {time.time() - start:.0f} s", flush=True)
         for seed, k, draw in itertools.product(args.seeds, args.k, range(args.draws)):
             idx = draw_supports(len(pool), k, draw, seed=seed)
             supports, _ = load_images([pool[i] for i in idx], args.image_size, workers=0)
@@ -171,8 +193,7 @@ def main() -> int:
                     candidate = SupportScoringConfig(augment=augment, global_weight=weight, score=score).name
                     auroc = 100 * roc_auc_score(labels, torch.cat(terms[score]).numpy() + weight * glob_term)
                     rows.setdefault(candidate, {}).setdefault(name, {}).setdefault(str(k), []).append(auroc)
-        print(f"{name}: {len(pool)} supports pool, {len(evaluation)} images, {time.time() - start:.0f} s",
-              flush=True)
+        print(f"{name}: scored, {time.time() - start:.0f} s", flush=True)
     summary = {}
     for cand, per_task in rows.items():
         task_means = {t: float(np.mean([np.mean(v) for v in per_k.values()])) for t, per_k in per_task.items()}
@@ -184,7 +205,7 @@ def main() -> int:
     config = next(c for c in CANDIDATES if c.name == chosen)
     results.data.update(selection={"rule": RULE, "chosen": chosen, "config": config.as_dict(),
                                    "teacher": args.teacher, "image_size": args.image_size, "k": args.k,
-                                   "draws": args.draws, "seeds": args.seeds,
+                                   "draws": args.draws, "seeds": args.seeds, "evaluation_images": sizes,
                                    "candidates": summary, "raw": rows, "seconds": time.time() - start})
     results.save()
     results.write_markdown(markdown(results.data))

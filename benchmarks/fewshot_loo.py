@@ -51,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
     parser.add_argument("--draws", type=int, default=5)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="support-draw seeds")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="support-draw seeds (the scorer is training-free: seeds only change the draws)")
     parser.add_argument("--bootstrap", type=int, default=10000)
     parser.add_argument("--cache", default="benchmarks/.cache/fewshot_loo")
     parser.add_argument("--name", default="fewshot_loo")
