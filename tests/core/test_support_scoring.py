@@ -7,7 +7,7 @@ import torch
 
 from medad.backbones import build_teacher
 from medad.models.patchcore import PatchCoreKShot
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig, augment_supports
+from medad.models.support_scoring import SupportBank, SupportScoring, SupportScoringConfig, augment_supports
 
 CANDIDATES = [SupportScoringConfig(),
               SupportScoringConfig(augment="flip"),
@@ -33,10 +33,30 @@ def test_default_config_is_patchcore_k(teacher):
     maps, scores = ours.predict(queries, ours.prepare_supports(supports))
     reference = PatchCoreKShot(teacher)
     ref_maps, ref_scores = reference.predict(queries, reference.prepare_supports(supports))
-    bank = ours.prepare_supports(supports)
-    assert torch.allclose(scores * bank.patch_scale, ref_scores, rtol=1e-4, atol=1e-5)
-    assert torch.allclose(maps * bank.patch_scale, ref_maps, rtol=1e-4, atol=1e-5)
-    assert SupportScoringConfig().name == "patchcore"
+    assert torch.allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(maps, ref_maps, rtol=1e-4, atol=1e-4)
+    assert SupportScoringConfig().name == SupportScoringConfig().method == "patchcore"
+    assert SupportScoringConfig(augment="flip").method == "patchcore_plus"
+
+
+def test_bank_round_trips_through_tensors(teacher):
+    scorer = SupportScoring(teacher, SupportScoringConfig(augment="flip", global_weight=0.5))
+    bank = scorer.prepare_supports(_images(8, 3))
+    again = SupportBank.from_tensors(bank.to_tensors())
+    queries = _images(9, 2)
+    assert torch.equal(scorer.predict(queries, bank)[1], scorer.predict(queries, again)[1])
+
+
+def test_combined_score_is_in_leave_one_out_units(teacher):
+    """With the whole-image term both terms are divided by the supports' leave-one-out means, so a support's
+    own other views score near the bottom of that scale and a foreign image above 1."""
+    scorer = SupportScoring(teacher, SupportScoringConfig(global_weight=1.0))
+    bank = scorer.prepare_supports(_images(10, 4))
+    checker = ((torch.arange(64).view(1, 64) // 8 + torch.arange(64).view(64, 1) // 8) % 2).float()
+    foreign = scorer.encode(checker.expand(1, 3, 64, 64).contiguous())
+    maps, patch, glob = scorer.score_terms(foreign, bank)
+    assert patch.item() > 1.0 and glob.item() > 1.0
+    assert torch.allclose(scorer.score_encoded(foreign, bank)[1], patch + glob)
 
 
 @pytest.mark.parametrize("config", CANDIDATES, ids=lambda c: c.name)

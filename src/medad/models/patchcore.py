@@ -5,13 +5,11 @@ over a 3×3 neighbourhood, the deeper one upsampled to the shallower one's grid
 and concatenated (PatchCore's locally aware features).  With K support images
 the memory bank holds all their patches (no coreset subsampling is needed at
 this size).  Map = distance of each query patch to its nearest bank patch,
-upsampled and smoothed; image score = max of the map.  :class:`PatchCoreFewShot` gives it the few-shot
-models' scoring interface (``--method patchcore``).
+upsampled and smoothed; image score = max of the map.  :class:`PatchCoreFewShot` gives it (and the options of
+:mod:`medad.models.support_scoring`) the few-shot models' scoring interface (``--method patchcore``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +17,8 @@ from torch import nn
 
 from medad.backbones.base import Teacher
 from medad.models.rd4ad import check_finite
+from medad.models.support_scoring import (QueryEncoding, SupportBank, SupportScoring, SupportScoringConfig,
+                                          locally_aware_features)
 from medad.scoring import DEFAULT_SIGMA, image_scores, smooth_maps
 
 
@@ -39,10 +39,7 @@ class PatchCoreKShot:
     @staticmethod
     def patch_features_from(teacher_features: list[torch.Tensor]) -> torch.Tensor:
         """Patch features from already computed teacher features (its two deepest stages)."""
-        pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in teacher_features[-2:]]
-        grid = pooled[0].shape[-2:]
-        pooled[1] = F.interpolate(pooled[1], size=grid, mode="bilinear", align_corners=False)
-        return torch.cat(pooled, dim=1)
+        return locally_aware_features(teacher_features)
 
     @torch.no_grad()
     def prepare_supports(self, support_images: torch.Tensor) -> torch.Tensor:
@@ -68,74 +65,49 @@ class PatchCoreKShot:
         return maps, image_scores(maps, "max")
 
 
-@dataclass
-class PatchBank:
-    """PatchCore-K's support bank: every patch feature of the K supports, (K·h·w)×D."""
-
-    k: int
-    patches: torch.Tensor
-
-    def to_tensors(self) -> dict[str, torch.Tensor]:
-        return {"patches": self.patches.contiguous(), "k": torch.tensor(self.k)}
-
-
-@dataclass
-class PatchFeatures:
-    """Query patch features (B×D×h×w) and the images' size; slicing gives a batch."""
-
-    features: torch.Tensor
-    image_size: tuple[int, int]
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-    def __getitem__(self, rows: slice) -> PatchFeatures:
-        return PatchFeatures(self.features[rows], self.image_size)
-
-    @classmethod
-    def concat(cls, parts: list[PatchFeatures]) -> PatchFeatures:
-        return cls(torch.cat([p.features for p in parts]), parts[0].image_size)
-
-
 class PatchCoreFewShot(nn.Module):
-    """PatchCore-K behind the few-shot models' scoring interface (supports, queries, scores), training-free:
-    what ``--method patchcore`` scores with, no checkpoint needed."""
+    """Training-free K-shot scoring behind the few-shot models' interface (supports, queries, scores), no
+    checkpoint needed: PatchCore-K (``--method patchcore``) or, with a :class:`SupportScoringConfig` of options,
+    the scorer those options make (:mod:`medad.models.support_scoring`)."""
 
-    method = "patchcore"
-
-    def __init__(self, teacher: Teacher, sigma: float = DEFAULT_SIGMA) -> None:
+    def __init__(self, teacher: Teacher, config: SupportScoringConfig | None = None) -> None:
         super().__init__()
         self.teacher = teacher
-        self.scorer = PatchCoreKShot(teacher, sigma)
+        self.scorer = SupportScoring(teacher, config)
+
+    @property
+    def method(self) -> str:
+        return self.scorer.config.method
 
     def meta(self) -> dict:
-        return {"method": self.method, "teacher": self.teacher.name, "config": {"sigma": self.scorer.sigma}}
+        return {"method": self.method, "teacher": self.teacher.name, "config": self.scorer.config.as_dict()}
 
-    def prepare_supports(self, support_images: torch.Tensor) -> PatchBank:
+    def prepare_supports(self, support_images: torch.Tensor) -> SupportBank:
         if len(support_images) < 1:
             raise ValueError("at least one support image is needed")
-        return PatchBank(len(support_images), self.scorer.prepare_supports(support_images))
+        check_finite(support_images)
+        return self.scorer.prepare_supports(support_images)
 
     @staticmethod
-    def supports_from_tensors(tensors: dict[str, torch.Tensor]) -> PatchBank:
-        return PatchBank(int(tensors["k"]), tensors["patches"])
+    def supports_from_tensors(tensors: dict[str, torch.Tensor]) -> SupportBank:
+        return SupportBank.from_tensors(tensors)
 
     @torch.no_grad()
-    def encode_queries(self, images: torch.Tensor) -> PatchFeatures:
+    def encode_queries(self, images: torch.Tensor) -> QueryEncoding:
         check_finite(images)
-        return PatchFeatures(self.scorer.patch_features(images), tuple(images.shape[-2:]))
+        return self.scorer.encode(images)
 
-    def queries_from_teacher(self, teacher_features: list[torch.Tensor], image_size: tuple[int, int]) -> PatchFeatures:
+    def queries_from_teacher(self, teacher_features: list[torch.Tensor], image_size: tuple[int, int]) -> QueryEncoding:
         """Query features from teacher features already computed (by another model with the same teacher)."""
-        return PatchFeatures(self.scorer.patch_features_from(teacher_features), image_size)
+        return self.scorer.encoding_from_teacher(teacher_features, image_size)
 
     @torch.no_grad()
-    def score_encoded(self, queries: PatchFeatures, supports: PatchBank
+    def score_encoded(self, queries: QueryEncoding, supports: SupportBank
                       ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        maps, scores = self.scorer.score_features(queries.features, supports.patches, queries.image_size)
+        maps, scores = self.scorer.score_encoded(queries, supports)
         return maps, scores, []
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, supports: PatchBank) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, images: torch.Tensor, supports: SupportBank) -> tuple[torch.Tensor, torch.Tensor]:
         maps, scores, _ = self.score_encoded(self.encode_queries(images), supports)
         return maps, scores

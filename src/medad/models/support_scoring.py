@@ -22,12 +22,13 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from medad.backbones.base import Teacher
-from medad.models.patchcore import PatchCoreKShot
 from medad.scoring import DEFAULT_SIGMA, smooth_maps
 
-__all__ = ["SupportScoringConfig", "SupportScoring", "QueryEncoding", "SupportBank", "augment_supports",
-           "reduce_map", "global_distance", "ROTATION"]
+__all__ = ["PLUS_METHOD", "locally_aware_features", "SupportScoringConfig", "SupportScoring", "QueryEncoding",
+           "SupportBank", "augment_supports", "reduce_map", "global_distance", "nearest_distance", "ROTATION"]
 
+#: the method name of a scorer with options (``patchcore`` is the baseline's)
+PLUS_METHOD = "patchcore_plus"
 #: degrees of the rotated support views of ``augment="flip+rotate"``
 ROTATION = 10.0
 _SCORES = ("max", "top1")
@@ -59,8 +60,22 @@ class SupportScoringConfig:
         parts += [f"score={self.score}"] if self.score != "max" else []
         return "patchcore" + (f"[{','.join(parts)}]" if parts else "")
 
+    @property
+    def method(self) -> str:
+        """``patchcore`` (PatchCore-K, every option off) or :data:`PLUS_METHOD`."""
+        return "patchcore" if self == SupportScoringConfig(sigma=self.sigma) else PLUS_METHOD
+
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def locally_aware_features(teacher_features: list[torch.Tensor]) -> torch.Tensor:
+    """PatchCore's locally aware patch features ``B×D×h×w``: the two deepest stages, each averaged over 3×3, the
+    deeper one upsampled to the other's grid, concatenated."""
+    pooled = [F.avg_pool2d(f, 3, stride=1, padding=1) for f in teacher_features[-2:]]
+    grid = pooled[0].shape[-2:]
+    pooled[1] = F.interpolate(pooled[1], size=grid, mode="bilinear", align_corners=False)
+    return torch.cat(pooled, dim=1)
 
 
 @dataclass
@@ -74,6 +89,13 @@ class QueryEncoding:
     def __getitem__(self, rows) -> QueryEncoding:
         return QueryEncoding(self.patches[rows], self.pooled[rows], self.image_size)
 
+    def __len__(self) -> int:
+        return self.patches.shape[0]
+
+    @classmethod
+    def concat(cls, parts: list[QueryEncoding]) -> QueryEncoding:
+        return cls(torch.cat([p.patches for p in parts]), torch.cat([p.pooled for p in parts]), parts[0].image_size)
+
 
 @dataclass
 class SupportBank:
@@ -83,6 +105,16 @@ class SupportBank:
     pooled: torch.Tensor
     patch_scale: float
     global_scale: float
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """The bank as named tensors (the support cache, exported graphs)."""
+        return {"patches": self.patches.contiguous(), "pooled": self.pooled.contiguous(),
+                "scales": torch.tensor([self.patch_scale, self.global_scale])}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SupportBank:
+        scales = tensors["scales"]
+        return cls(tensors["patches"], tensors["pooled"], scales[0], scales[1])
 
 
 def augment_supports(images: torch.Tensor, augment: str) -> torch.Tensor:
@@ -108,12 +140,15 @@ class SupportScoring:
     @torch.no_grad()
     def encode(self, images: torch.Tensor, batch_size: int = 32) -> QueryEncoding:
         """Teacher features of images, computed in batches."""
-        patches, pooled = [], []
-        for start in range(0, len(images), batch_size):
-            features = self.teacher(images[start:start + batch_size])
-            patches.append(PatchCoreKShot.patch_features_from(features))
-            pooled.append(F.normalize(features[-1].mean(dim=(2, 3)), dim=1))
-        return QueryEncoding(torch.cat(patches), torch.cat(pooled), tuple(images.shape[-2:]))
+        size = tuple(images.shape[-2:])
+        return QueryEncoding.concat([self.encoding_from_teacher(self.teacher(images[start:start + batch_size]), size)
+                                     for start in range(0, len(images), batch_size)])
+
+    @staticmethod
+    def encoding_from_teacher(teacher_features: list[torch.Tensor], image_size: tuple[int, int]) -> QueryEncoding:
+        """The encoding from teacher features already computed."""
+        return QueryEncoding(locally_aware_features(teacher_features),
+                             F.normalize(teacher_features[-1].mean(dim=(2, 3)), dim=1), image_size)
 
     @torch.no_grad()
     def prepare_supports(self, support_images: torch.Tensor) -> SupportBank:
@@ -165,7 +200,14 @@ class SupportScoring:
 
     @torch.no_grad()
     def score_encoded(self, queries: QueryEncoding, bank: SupportBank) -> tuple[torch.Tensor, torch.Tensor]:
-        """Anomaly maps ``B×H×W`` and image scores ``B`` of encoded queries."""
+        """Anomaly maps ``B×H×W`` and image scores ``B`` of encoded queries.
+
+        Without the whole-image term they are PatchCore-K's raw distances; with it, both terms are in the units of
+        the supports' leave-one-out scores, so that they can be added.
+        """
+        if not self.config.global_weight:
+            maps = self.raw_maps(queries, bank)
+            return maps, reduce_map(maps, self.config.score)
         maps, patch, glob = self.score_terms(queries, bank)
         return maps, patch + self.config.global_weight * glob
 
