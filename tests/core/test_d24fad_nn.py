@@ -114,7 +114,8 @@ def test_lesions_score_above_normals_and_normalisation_uses_supports_only(traine
     assert len(evaluation.scores) == len(test) and evaluation.metrics["image_auroc"] > 0.55
     tsd_only = D24FADNN(model.teacher, D24FADNNConfig(maps=("tsd",)))
     tsd_only.load_learnable_state_dict(model.learnable_state_dict())
-    assert evaluate_fewshot(tsd_only.eval(), supports, test, labels).metrics["image_auroc"] > 0.75  # it learned
+    # it learned (≥: with another thread count the float sums can land exactly on 0.75)
+    assert evaluate_fewshot(tsd_only.eval(), supports, test, labels).metrics["image_auroc"] >= 0.75
     bank = model.prepare_supports(supports)
     assert bank.stats.shape == (2, 2) and (bank.stats[:, 1] > 0).all()
     again = model.prepare_supports(supports)  # statistics depend on the supports alone
