@@ -286,6 +286,8 @@ def main() -> int:
         results.data.update(selection_commit=commit, default_scorer=config.name, default_config=config.as_dict(),
                             teacher=selection["teacher"], image_size=selection["image_size"])
         run(args, results, config)
+    # the scorer the rows of role "default" come from, under the key every few-shot results file uses
+    results.data["default_method"] = results.data["default_scorer"]
     results.data["summary"] = summarise(results, args)
     results.save()
     results.write_markdown(markdown(results, args))
