@@ -7,12 +7,15 @@ import torch
 
 from medad.backbones import build_teacher
 from medad.models.patchcore import PatchCoreKShot
-from medad.models.support_scoring import SupportBank, SupportScoring, SupportScoringConfig, augment_supports
+from medad.models.support_scoring import (QueryEncoding, SupportBank, SupportScoring, SupportScoringConfig,
+                                          augment_supports, channel_statistics, nearest_distance)
 
 CANDIDATES = [SupportScoringConfig(),
               SupportScoringConfig(augment="flip"),
               SupportScoringConfig(augment="flip+rotate", global_weight=0.5),
-              SupportScoringConfig(global_weight=1.0, score="top1")]
+              SupportScoringConfig(global_weight=1.0, score="top1"),
+              SupportScoringConfig(standardize=1.0),
+              SupportScoringConfig(augment="flip", global_weight=0.25, standardize=0.5)]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +43,33 @@ def test_default_config_is_patchcore_k(teacher):
 
 
 def test_bank_round_trips_through_tensors(teacher):
-    scorer = SupportScoring(teacher, SupportScoringConfig(augment="flip", global_weight=0.5))
-    bank = scorer.prepare_supports(_images(8, 3))
-    again = SupportBank.from_tensors(bank.to_tensors())
-    queries = _images(9, 2)
-    assert torch.equal(scorer.predict(queries, bank)[1], scorer.predict(queries, again)[1])
+    for config in (SupportScoringConfig(augment="flip", global_weight=0.5), SupportScoringConfig(standardize=1.0)):
+        scorer = SupportScoring(teacher, config)
+        bank = scorer.prepare_supports(_images(8, 3))
+        again = SupportBank.from_tensors(bank.to_tensors())
+        queries = _images(9, 2)
+        assert torch.equal(scorer.predict(queries, bank)[1], scorer.predict(queries, again)[1])
+
+
+def test_standardize_measures_distances_in_the_supports_channel_spreads():
+    """The bank holds the support patches standardised by their own per-channel mean and spread, and a query is
+    standardised the same way: a support patch is at distance 0, and a shift of one spread along a channel that
+    barely varies counts as much as one along a channel that varies a thousand times more."""
+    g = torch.Generator().manual_seed(0)
+    widths = torch.tensor([1e-3, 1.0, 1.0])
+    patches = torch.randn(2, 3, 4, 4, generator=g) * widths.view(1, 3, 1, 1)
+    views = QueryEncoding(patches, torch.nn.functional.normalize(torch.randn(2, 5, generator=g), dim=1), (4, 4))
+    bank = SupportScoring(None, SupportScoringConfig(standardize=1.0, sigma=0.5)).bank_from_views(views, 2)
+    flat = patches.permute(0, 2, 3, 1).reshape(-1, 3)
+    center, spread = channel_statistics(flat)
+    assert torch.allclose(bank.center, flat.mean(0)) and torch.allclose(bank.patches, (flat - center) / spread)
+    assert nearest_distance(bank.standardized(flat[:1]), bank.patches).item() < 1e-3
+    isolated = bank.standardized(flat[:1] + 50 * spread * torch.tensor([1.0, 0.0, 0.0]))
+    other = bank.standardized(flat[:1] + 50 * spread * torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.allclose(nearest_distance(isolated, bank.patches), nearest_distance(other, bank.patches), rtol=0.1)
+    # a strength between 0 (one spread for every channel) and 1 interpolates geometrically
+    uniform, half = channel_statistics(flat, 0.0)[1], channel_statistics(flat, 0.5)[1]
+    assert torch.allclose(uniform, uniform[:1].expand(3)) and torch.allclose(half, (spread * uniform).sqrt())
 
 
 def test_combined_score_is_in_leave_one_out_units(teacher):
@@ -94,7 +119,7 @@ def test_single_support_has_unit_scales(teacher):
 
 
 @pytest.mark.parametrize("bad", [{"augment": "mixup"}, {"score": "mean"}, {"global_weight": -1.0},
-                                 {"global_weight": float("nan")}])
+                                 {"global_weight": float("nan")}, {"standardize": 1.5}, {"standardize": float("nan")}])
 def test_config_refuses_unknown_options(bad):
     with pytest.raises(ValueError):
         SupportScoringConfig(**bad)

@@ -10,7 +10,11 @@ smoothed, the image score its maximum.  The options, each of which uses the supp
 * ``global_weight``: the image score adds the distance of the query's pooled deepest-stage feature to its
   nearest support (a whole-image cue, for changes that are global rather than local), each term divided by
   its mean over the supports scored leave-one-out, so the two are in the same units whatever the task;
-* ``score``: ``"max"`` of the map, or ``"top1"``: the mean of its highest 1 % of pixels.
+* ``score``: ``"max"`` of the map, or ``"top1"``: the mean of its highest 1 % of pixels;
+* ``standardize``: the strength α ∈ [0, 1] of a per-channel standardisation of the patch features by the support
+  bank's patches before the nearest-neighbour search: centred, and divided by ``std**α · mean(std)**(1-α)`` (α = 1
+  is a diagonal Mahalanobis distance, where channels that vary little among the K normals weigh more; α = 0 is
+  off).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from medad.backbones.base import Teacher
 from medad.scoring import DEFAULT_SIGMA, smooth_maps
 
 __all__ = ["PLUS_METHOD", "locally_aware_features", "SupportScoringConfig", "SupportScoring", "QueryEncoding",
-           "SupportBank", "augment_supports", "reduce_map", "global_distance", "nearest_distance", "ROTATION"]
+           "SupportBank", "augment_supports", "channel_statistics", "reduce_map", "global_distance",
+           "nearest_distance", "ROTATION"]
 
 #: the method name of a scorer with options (``patchcore`` is the baseline's)
 PLUS_METHOD = "patchcore_plus"
@@ -42,6 +47,7 @@ class SupportScoringConfig:
     augment: str = "none"
     global_weight: float = 0.0
     score: str = "max"
+    standardize: float = 0.0
     sigma: float = DEFAULT_SIGMA
 
     def __post_init__(self) -> None:
@@ -51,6 +57,8 @@ class SupportScoringConfig:
             raise ValueError(f"score must be one of {_SCORES}, not {self.score!r}")
         if not self.global_weight >= 0.0:
             raise ValueError(f"global_weight must be ≥ 0, not {self.global_weight!r}")
+        if not 0.0 <= self.standardize <= 1.0:
+            raise ValueError(f"standardize must be in [0, 1], not {self.standardize!r}")
 
     @property
     def name(self) -> str:
@@ -58,6 +66,7 @@ class SupportScoringConfig:
         parts = [f"aug={self.augment}"] if self.augment != "none" else []
         parts += [f"global={self.global_weight:g}"] if self.global_weight else []
         parts += [f"score={self.score}"] if self.score != "max" else []
+        parts += [f"std={self.standardize:g}"] if self.standardize else []
         return "patchcore" + (f"[{','.join(parts)}]" if parts else "")
 
     @property
@@ -99,22 +108,33 @@ class QueryEncoding:
 
 @dataclass
 class SupportBank:
-    """The supports' patch bank ``P×D``, pooled features ``V×C`` and leave-one-out score scales."""
+    """The supports' patch bank ``P×D``, pooled features ``V×C`` and leave-one-out score scales; with
+    ``standardize``, the per-channel ``center`` and ``spread`` the bank (and every query) is standardised by."""
 
     patches: torch.Tensor
     pooled: torch.Tensor
     patch_scale: float
     global_scale: float
+    center: torch.Tensor | None = None
+    spread: torch.Tensor | None = None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The bank as named tensors (the support cache, exported graphs)."""
-        return {"patches": self.patches.contiguous(), "pooled": self.pooled.contiguous(),
-                "scales": torch.tensor([self.patch_scale, self.global_scale])}
+        tensors = {"patches": self.patches.contiguous(), "pooled": self.pooled.contiguous(),
+                   "scales": torch.tensor([self.patch_scale, self.global_scale])}
+        if self.center is not None:
+            tensors.update(center=self.center.contiguous(), spread=self.spread.contiguous())
+        return tensors
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SupportBank:
         scales = tensors["scales"]
-        return cls(tensors["patches"], tensors["pooled"], scales[0], scales[1])
+        return cls(tensors["patches"], tensors["pooled"], scales[0], scales[1], tensors.get("center"),
+                   tensors.get("spread"))
+
+    def standardized(self, patches: torch.Tensor) -> torch.Tensor:
+        """Rows ``N×D`` of patch features in the bank's units (unchanged without standardisation)."""
+        return patches if self.center is None else (patches - self.center) / self.spread
 
 
 def augment_supports(images: torch.Tensor, augment: str) -> torch.Tensor:
@@ -162,6 +182,10 @@ class SupportScoring:
         n_views = len(encoded.pooled) // k
         owner = torch.arange(k).repeat(n_views)
         patches = _flatten(encoded.patches)
+        center = spread = None
+        if self.config.standardize:
+            center, spread = channel_statistics(patches, self.config.standardize)
+            patches = (patches - center) / spread
         per_view = encoded.patches.shape[2] * encoded.patches.shape[3]
         patch_owner = owner.repeat_interleave(per_view)
         patch_scale = global_scale = 1.0
@@ -169,18 +193,18 @@ class SupportScoring:
             loo_patch, loo_global = [], []
             for i in range(k):
                 others = owner != i
-                bank = SupportBank(patches[patch_owner != i], encoded.pooled[others], 1.0, 1.0)
+                bank = SupportBank(patches[patch_owner != i], encoded.pooled[others], 1.0, 1.0, center, spread)
                 patch, glob = self._terms(encoded[slice(i, i + 1)], bank)
                 loo_patch.append(patch)
                 loo_global.append(glob)
             patch_scale = max(float(torch.cat(loo_patch).mean()), 1e-6)
             global_scale = max(float(torch.cat(loo_global).mean()), 1e-6)
-        return SupportBank(patches, encoded.pooled, patch_scale, global_scale)
+        return SupportBank(patches, encoded.pooled, patch_scale, global_scale, center, spread)
 
     def raw_maps(self, queries: QueryEncoding, bank: SupportBank) -> torch.Tensor:
         """Smoothed nearest-neighbour distance maps ``B×H×W`` (not yet in leave-one-out units)."""
         batch, _, height, width = queries.patches.shape
-        distances = nearest_distance(_flatten(queries.patches), bank.patches)
+        distances = nearest_distance(bank.standardized(_flatten(queries.patches)), bank.patches)
         maps = F.interpolate(distances.view(batch, 1, height, width), size=queries.image_size, mode="bilinear",
                              align_corners=False)[:, 0]
         return smooth_maps(maps, self.config.sigma)
@@ -215,6 +239,15 @@ class SupportScoring:
     def predict(self, images: torch.Tensor, bank: SupportBank) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and scores of images against a prepared bank."""
         return self.score_encoded(self.encode(images), bank)
+
+
+def channel_statistics(patches: torch.Tensor, strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and spread of patch features ``P×D``: ``std**strength · mean(std)**(1 - strength)``, the
+    standard deviation raised by 0.1 % of its mean over channels so that a channel constant over the supports does
+    not divide by zero."""
+    std = patches.std(dim=0)
+    typical = std.mean()
+    return patches.mean(dim=0), (std + 1e-3 * typical) ** strength * typical ** (1.0 - strength)
 
 
 def nearest_distance(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
