@@ -2,7 +2,8 @@
 
 Regenerate:  python benchmarks/rd4ad_unsupervised.py
 Writes benchmarks/results/rd4ad_unsupervised.json (+ .md).  Resumable: re-running the same command
-skips the (task, seed) records already written.
+skips the (task, seed) records already written; ``--tasks`` / ``--seeds`` (re)run a part into the same file (delete a
+task's records to regenerate it).  Speed is measured once (``--remeasure-speed`` to redo it).
 
 Training length is set in optimiser steps, not epochs, so that the 1341-image ZhangLab set and the
 60-image HeadCT set get comparable optimisation: epochs = max(1, round(steps / batches_per_epoch)).
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=300, help="optimiser steps per training run")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--name", default="rd4ad_unsupervised")
+    parser.add_argument("--remeasure-speed", action="store_true", help="redo the speed records already present")
     return parser.parse_args()
 
 
@@ -91,7 +93,7 @@ def markdown(results: BenchmarkResults, args: argparse.Namespace) -> str:
 
 def main() -> int:
     args = parse_args()
-    results = BenchmarkResults(args.name, benchmark_command("rd4ad_unsupervised.py"))
+    results = BenchmarkResults(args.name, benchmark_command("rd4ad_unsupervised.py", pieces=("--tasks", "--seeds")))
     teacher = build_teacher(args.teacher)
     cache = FeatureCache(teacher)
     for task_name in args.tasks:
@@ -119,7 +121,8 @@ def main() -> int:
             print(f"{task_name} seed {seed}: AUROC {evaluation.metrics['image_auroc']:.4f} "
                   f"({trained.epochs_done} epochs, {train_seconds:.0f} s)", flush=True)
         results.write_markdown(markdown(results, args))
-    speed_records(results, train_images, args)
+    if args.remeasure_speed or not results.data.get("speed"):
+        speed_records(results, train_images, args)
     results.write_markdown(markdown(results, args))
     return 0
 
