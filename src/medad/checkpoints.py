@@ -58,11 +58,25 @@ def save_model(path: str | Path, state_dict: dict[str, torch.Tensor], meta: dict
     meta_json = json.dumps({**meta, "medad_version": __version__})
     tensors = {key: value.detach().cpu().contiguous() for key, value in state_dict.items()}
     shapes = {key: list(value.shape) for key, value in tensors.items()}
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
+    blob = save(tensors, metadata={"medad": meta_json, "medad_sha256": _digest(meta_json, shapes),
+                                   "medad_weights_sha256": _weights_digest(tensors)})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"medad": meta_json, "medad_sha256": _digest(meta_json, shapes),
-                                               "medad_weights_sha256": _weights_digest(tensors)})
+        Path(tmp).write_bytes(canonical_safetensors(blob))
+
+
+def canonical_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys in sorted order.
+
+    safetensors writes the header's metadata in hash-map order, which changes from process to process, so the
+    same weights and metadata would give files with different bytes (and SHA-256); sorted, they give one file.
+    """
+    length = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8:8 + length]), sort_keys=True, separators=(",", ":"),
+                        ensure_ascii=False).encode()
+    header += b" " * (-len(header) % 8)  # the format pads the header with spaces to a multiple of 8 bytes
+    return len(header).to_bytes(8, "little") + header + blob[8 + length:]
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -48,3 +48,23 @@ def test_checkpoint_roundtrip_and_damaged_or_foreign_files(tmp_path):
         read_meta(truncated)
     with pytest.raises(CheckpointError, match="not found"):
         read_meta(tmp_path / "absent.safetensors")
+
+
+def test_saved_checkpoints_are_byte_identical_whatever_the_metadata_order(tmp_path):
+    from safetensors.torch import load_file, save
+
+    from medad.checkpoints import canonical_safetensors
+
+    weights = {"b.weight": torch.arange(6.0).view(2, 3), "a.bias": torch.ones(3, dtype=torch.float16)}
+    metadata = {f"key{i}": f"value {i} ²" for i in range(8)}
+    forward = save(weights, metadata=metadata)
+    backward = save(weights, metadata=dict(reversed(metadata.items())))
+    assert canonical_safetensors(forward) == canonical_safetensors(backward)
+    canonical = canonical_safetensors(forward)
+    assert int.from_bytes(canonical[:8], "little") % 8 == 0
+    (tmp_path / "c.safetensors").write_bytes(canonical)
+    loaded = load_file(str(tmp_path / "c.safetensors"))
+    assert all(torch.equal(loaded[k], weights[k]) for k in weights)
+    save_model(tmp_path / "m1.safetensors", weights, {"method": "x"})
+    save_model(tmp_path / "m2.safetensors", weights, {"method": "x"})
+    assert (tmp_path / "m1.safetensors").read_bytes() == (tmp_path / "m2.safetensors").read_bytes()
