@@ -253,3 +253,24 @@ def test_fewshot_evaluate_writes_scores_weights_heatmaps_and_report(tmp_path, ph
     assert main(["fewshot", "evaluate", "--checkpoint", str(fewshot_checkpoint), "--task", str(phantom_head.root),
                  "--k", "2", "--draws", "1", "--out", str(out), "--no-report"]) == 0
     assert (out / f"scores_{task}_k2_d0.csv").is_file() and not (out / "report").exists()
+
+
+def test_summary_compares_a_preregistered_default_and_leaves_out_superseded_rounds(tmp_path):
+    def fewshot_file(name, default_method, base, **extra):
+        records = [{"method": method, "role": role, "task": task, "k": 4, "seed": 0, "support_draw": draw,
+                    "image_auroc": value + 0.01 * draw}
+                   for task in ("headct", "zhanglab") for draw in range(3)
+                   for method, role, value in ((default_method, "default", base), ("patchcore", "patchcore", 0.7))]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"benchmark": "fewshot_loo", "command": "c", "machine": "m", "created": "d",
+                                    "records": records, **extra}))
+        return path
+
+    current = fewshot_file("fewshot_loo", "patchcore[std=0.5]", 0.75)
+    earlier = fewshot_file("fewshot_loo_round1", "patchcore[global=1]", 0.6, superseded_by="fewshot_loo")
+    page = build_report([current, earlier], tmp_path / "report").path.read_text()
+    summary = page[page.index("<h2>Summary</h2>"):page.index("<h2>Results</h2>")]
+    assert re.search(r"<td>fewshot_loo</td>.*?<td>patchcore\[std=0\.5\]</td>.*?<td>patchcore</td>.*?"
+                     r"<td class=num>\+5\.0</td><td class=num>2 / 2</td>", summary)
+    assert "fewshot_loo_round1" not in summary and "patchcore[global=1]" not in summary
+    assert "fewshot_loo_round1" in page  # its tables are still in the page, under its own name

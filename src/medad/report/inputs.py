@@ -332,8 +332,10 @@ def _add_results_file(path: Path, data: dict[str, Any], inputs: ReportInputs) ->
         records = [r for r in records if r.get("protocol") not in OTHER_PROTOCOLS]
         inputs.notes.append(f"{path}: {len(other)} records of another evaluation protocol "
                             f"({', '.join(sorted({r['protocol'] for r in other}))}) left out; see the benchmark's .md")
-    inputs.results.append(ResultSource(data.get("benchmark") or path.stem, path, records, data.get("speed") or [],
-                                       {key: data.get(key) for key in ("command", "machine", "created")},
+    # named by the file: earlier rounds of a benchmark kept beside it (``fewshot_loo_round1``) stay apart from it
+    inputs.results.append(ResultSource(path.stem, path, records, data.get("speed") or [],
+                                       {key: data.get(key) for key in ("command", "machine", "created",
+                                                                       "superseded_by")},
                                        _result_figures(path, data, inputs)))
     if not records:
         inputs.notes.append(f"{path}: the benchmark has no accuracy records yet")

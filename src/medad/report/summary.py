@@ -47,11 +47,20 @@ class Headline:
         return sum(a >= b for a, b in zip(self.method_auroc, self.baseline_auroc or [], strict=False))
 
 
+def _role_pair(records: list[dict]) -> tuple[str, str] | None:
+    """(the method of role ``default``, the method of role ``patchcore``): a pre-registered test's comparison."""
+    roles = {r["role"]: r["method"] for r in records if r.get("role")}
+    return (roles["default"], roles["patchcore"]) if {"default", "patchcore"} <= roles.keys() else None
+
+
 def headline(source: ResultSource) -> Headline | None:
-    """The source's headline method vs baseline, or its only method; None when it has no such comparison."""
+    """The source's headline method vs baseline, or its only method; None when it has no such comparison, or when
+    the source is an earlier round that a newer file supersedes (``superseded_by``)."""
+    if source.info.get("superseded_by"):
+        return None
     rows = [row for row in summary_rows(source.records) if row["image_auroc_mean"] is not None]
     methods = ordered(row["method"] for row in rows)
-    pair = next(((m, b) for m, b in PAIRS if m in methods and b in methods), None)
+    pair = _role_pair(source.records) or next(((m, b) for m, b in PAIRS if m in methods and b in methods), None)
     if pair is None:
         if len(methods) != 1:
             return None
