@@ -48,10 +48,16 @@ def test_a_stale_lock_is_replaced_with_a_warning_and_released(tmp_path, capsys):
 def test_ctrl_c_while_saving_is_delivered_after_the_block():
     """Defect: Ctrl-C inside torch.save left the model at epoch N and the state at N − 1."""
     finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with sigint_deferred():
-            signal.raise_signal(signal.SIGINT)
-            finished.append(True)  # the save goes on to the end
+    # Python's own Ctrl-C handler, whatever this process inherited (a job started in the background of a
+    # non-interactive shell starts with SIGINT ignored, and then nothing would be delivered at all)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sigint_deferred():
+                signal.raise_signal(signal.SIGINT)
+                finished.append(True)  # the save goes on to the end
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert finished == [True]
 
 
