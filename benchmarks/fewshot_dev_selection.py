@@ -48,7 +48,7 @@ from medad.data.near_duplicates import drop_near_duplicates
 from medad.data.registry import data_root
 from medad.data.tasks import Sample, load_task
 from medad.engine.fewshot import draw_supports
-from medad.models.support_scoring import (QueryEncoding, SupportScoring, SupportScoringConfig, augment_supports,
+from medad.models.support_scoring import (SupportScoring, SupportScoringConfig, augment_supports,
                                           global_distance, reduce_map)
 from medad.results import BenchmarkResults, benchmark_command
 
@@ -117,22 +117,6 @@ def subsample(labels: list[int], n: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-class Encoded:
-    """A task's images encoded once (cached on disk), shared by every candidate."""
-
-    def __init__(self, scorer: SupportScoring, samples: list[Sample], path: Path, size: int) -> None:
-        if path.is_file():
-            saved = torch.load(path)
-            self.patches, self.pooled = saved["patches"], saved["pooled"]
-        else:
-            images, _ = load_images(samples, size, desc=path.stem)
-            encoded = scorer.encode(images)
-            self.patches, self.pooled = encoded.patches, encoded.pooled
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"patches": self.patches, "pooled": self.pooled}, path)
-        self.size = (size, size)
-
-
 def markdown(data: dict) -> str:
     """The selection table: every candidate's mean AUROC per development task and K, the chosen one marked."""
     sel = data["selection"]
@@ -184,10 +168,10 @@ def main() -> int:
     start = time.time()
     for name in DEV_TASKS:
         pool, evaluation = development_split(name, args)
-        encoded = Encoded(base, evaluation, cache / f"{name}.pt", args.image_size)
+        encoded = base.encode_cached(cache / f"{name}.pt", load_images, evaluation, args.image_size, desc=name)
         keep = subsample([s.label for s in evaluation], args.max_images)
         labels = np.array([evaluation[i].label for i in keep])
-        queries = QueryEncoding(encoded.patches[keep], encoded.pooled[keep], encoded.size)
+        queries = encoded[torch.from_numpy(keep)]
         sizes[name] = {"normal": int((labels == 0).sum()), "abnormal": int((labels == 1).sum()),
                        "support_pool": len(pool)}
         print(f"{name}: {len(labels)} of {len(evaluation)} images, {time.time() - start:.0f} s", flush=True)

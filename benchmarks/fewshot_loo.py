@@ -38,7 +38,7 @@ from medad.data.images import load_images
 from medad.data.near_duplicates import drop_near_duplicates
 from medad.data.tasks import load_task
 from medad.engine.fewshot import draw_supports
-from medad.models.support_scoring import QueryEncoding, SupportScoring, SupportScoringConfig
+from medad.models.support_scoring import SupportScoring, SupportScoringConfig
 from medad.results import BenchmarkResults, benchmark_command
 
 FOLDS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
@@ -95,15 +95,8 @@ def run(args, results: BenchmarkResults, config: SupportScoringConfig) -> None:
                for m in methods for s, k, d in wanted):
             continue
         start = time.time()
-        cache = Path(args.cache) / f"{results.data['teacher']}_{size}_{fold}.pt"
-        if cache.is_file():
-            saved = torch.load(cache)
-            queries = QueryEncoding(saved["patches"], saved["pooled"], (size, size))
-        else:
-            images, _ = load_images(task.test, size, desc=f"{fold} test")
-            queries = methods[BASELINE].encode(images)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"patches": queries.patches, "pooled": queries.pooled}, cache)
+        queries = methods[BASELINE].encode_cached(Path(args.cache) / f"{results.data['teacher']}_{size}_{fold}.pt",
+                                                  load_images, task.test, size, desc=f"{fold} test")
         labels = np.array([s.label for s in task.test])
         results.data.setdefault("folds", {})[fold] = {
             "train_normals": len(task.train), "test_normal": int((labels == 0).sum()),

@@ -123,3 +123,18 @@ def test_single_support_has_unit_scales(teacher):
 def test_config_refuses_unknown_options(bad):
     with pytest.raises(ValueError):
         SupportScoringConfig(**bad)
+
+
+def test_encode_cached_computes_once_then_reads_the_file(teacher, tmp_path):
+    scorer = SupportScoring(teacher)
+    calls = []
+
+    def load(samples, size, desc):
+        calls.append((samples, size, desc))
+        return _images(11, len(samples)), None
+
+    first = scorer.encode_cached(tmp_path / "c" / "q.pt", load, ["a", "b"], 64, desc="queries")
+    again = scorer.encode_cached(tmp_path / "c" / "q.pt", load, ["a", "b"], 64, desc="queries")
+    assert calls == [(["a", "b"], 64, "queries")]
+    assert torch.equal(first.patches, again.patches) and torch.equal(first.pooled, again.pooled)
+    assert again.image_size == first.image_size == (64, 64)

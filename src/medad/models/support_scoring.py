@@ -19,13 +19,16 @@ smoothed, the image score its maximum.  The options, each of which uses the supp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 
 from medad.backbones.base import Teacher
+from medad.io_utils import atomic_path
 from medad.scoring import DEFAULT_SIGMA, smooth_maps
 
 __all__ = ["PLUS_METHOD", "locally_aware_features", "SupportScoringConfig", "SupportScoring", "QueryEncoding",
@@ -163,6 +166,19 @@ class SupportScoring:
         size = tuple(images.shape[-2:])
         return QueryEncoding.concat([self.encoding_from_teacher(self.teacher(images[start:start + batch_size]), size)
                                      for start in range(0, len(images), batch_size)])
+
+    def encode_cached(self, path: Path, load_images: Callable[..., tuple[torch.Tensor, torch.Tensor]], samples: list,
+                      image_size: int, desc: str) -> QueryEncoding:
+        """The encoding of ``samples`` at ``image_size`` px saved at ``path`` (a benchmark's feature cache), else
+        computed from ``load_images(samples, image_size, desc=desc)`` (``medad.data.images.load_images``) and saved."""
+        if path.is_file():
+            saved = torch.load(path)
+            return QueryEncoding(saved["patches"], saved["pooled"], (image_size, image_size))
+        images, _ = load_images(samples, image_size, desc=desc)
+        encoded = self.encode(images)
+        with atomic_path(path) as tmp:
+            torch.save({"patches": encoded.patches, "pooled": encoded.pooled}, tmp)
+        return encoded
 
     @staticmethod
     def encoding_from_teacher(teacher_features: list[torch.Tensor], image_size: tuple[int, int]) -> QueryEncoding:
