@@ -8,14 +8,17 @@ import torch
 from medad.backbones import build_teacher
 from medad.models.patchcore import PatchCoreKShot
 from medad.models.support_scoring import (QueryEncoding, SupportBank, SupportScoring, SupportScoringConfig,
-                                          augment_supports, channel_statistics, nearest_distance)
+                                          augment_supports, channel_statistics, expected_normal_map,
+                                          nearest_distance)
 
 CANDIDATES = [SupportScoringConfig(),
               SupportScoringConfig(augment="flip"),
               SupportScoringConfig(augment="flip+rotate", global_weight=0.5),
               SupportScoringConfig(global_weight=1.0, score="top1"),
               SupportScoringConfig(standardize=1.0),
-              SupportScoringConfig(augment="flip", global_weight=0.25, standardize=0.5)]
+              SupportScoringConfig(augment="flip", global_weight=0.25, standardize=0.5),
+              SupportScoringConfig(positional=0.25),
+              SupportScoringConfig(augment="flip+rotate", global_weight=0.25, score="top1", positional=0.1)]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,8 @@ def test_default_config_is_patchcore_k(teacher):
 
 
 def test_bank_round_trips_through_tensors(teacher):
-    for config in (SupportScoringConfig(augment="flip", global_weight=0.5), SupportScoringConfig(standardize=1.0)):
+    for config in (SupportScoringConfig(augment="flip", global_weight=0.5), SupportScoringConfig(standardize=1.0),
+                   SupportScoringConfig(global_weight=0.5, positional=0.25)):
         scorer = SupportScoring(teacher, config)
         bank = scorer.prepare_supports(_images(8, 3))
         again = SupportBank.from_tensors(bank.to_tensors())
@@ -70,6 +74,35 @@ def test_standardize_measures_distances_in_the_supports_channel_spreads():
     # a strength between 0 (one spread for every channel) and 1 interpolates geometrically
     uniform, half = channel_statistics(flat, 0.0)[1], channel_statistics(flat, 0.5)[1]
     assert torch.allclose(uniform, uniform[:1].expand(3)) and torch.allclose(half, (spread * uniform).sqrt())
+
+
+def test_positional_weighs_a_difference_by_how_much_the_supports_differ_there():
+    """Supports that differ among themselves in the left half and agree in the right: the same query deviation
+    scores equally in both halves of the plain map, but lower on the left than on the right with ``positional``,
+    and the map is divided by the smoothed leave-one-out maps plus the floor times their mean."""
+    g = torch.Generator().manual_seed(0)
+    patches = torch.zeros(3, 4, 16, 16)
+    patches[:, 1:, :, :8] = 3 * torch.randn(3, 3, 16, 8, generator=g)
+    views = QueryEncoding(patches, torch.nn.functional.normalize(torch.randn(3, 5, generator=g), dim=1), (32, 32))
+    query = patches[:1].clone()
+    query[0, 0, 8, 3] += 10.0
+    query[0, 0, 8, 12] += 10.0
+    encoded = QueryEncoding(query, views.pooled[:1], (32, 32))
+    plain_scorer = SupportScoring(None, SupportScoringConfig(sigma=0.5))
+    positional_scorer = SupportScoring(None, SupportScoringConfig(sigma=0.5, positional=0.25))
+    plain = plain_scorer.raw_maps(encoded, plain_scorer.bank_from_views(views, 3))[0]
+    bank = positional_scorer.bank_from_views(views, 3)
+    weighted = positional_scorer.raw_maps(encoded, bank)[0]
+    left, right = (slice(14, 20), slice(4, 10)), (slice(14, 20), slice(22, 28))
+    assert torch.allclose(plain[left].max(), plain[right].max(), rtol=1e-3)
+    assert weighted[left].max() < 0.5 * weighted[right].max()
+    assert bank.patch_scale == 1.0 and bank.position_scale.shape == (32, 32)
+    assert torch.allclose(weighted, plain / bank.position_scale)
+    loo = torch.stack([plain_scorer.raw_maps(views[slice(i, i + 1)], plain_scorer.bank_from_views(
+        views[[j for j in range(3) if j != i]], 2))[0] for i in range(3)])
+    assert torch.allclose(bank.position_scale, expected_normal_map(loo, 0.25), rtol=1e-4, atol=1e-5)
+    assert torch.allclose(expected_normal_map(loo, 0.25) - expected_normal_map(loo, 0.0),
+                          0.25 * expected_normal_map(loo, 0.0).mean().expand(32, 32), atol=1e-5)
 
 
 def test_combined_score_is_in_leave_one_out_units(teacher):
@@ -114,12 +147,14 @@ def test_augmented_views_and_bank_size(teacher):
 
 
 def test_single_support_has_unit_scales(teacher):
-    bank = SupportScoring(teacher, SupportScoringConfig(global_weight=1.0)).prepare_supports(_images(7, 1))
-    assert bank.patch_scale == 1.0 and bank.global_scale == 1.0
+    bank = SupportScoring(teacher, SupportScoringConfig(global_weight=1.0, positional=0.5)).prepare_supports(
+        _images(7, 1))
+    assert bank.patch_scale == 1.0 and bank.global_scale == 1.0 and bank.position_scale is None
 
 
 @pytest.mark.parametrize("bad", [{"augment": "mixup"}, {"score": "mean"}, {"global_weight": -1.0},
-                                 {"global_weight": float("nan")}, {"standardize": 1.5}, {"standardize": float("nan")}])
+                                 {"global_weight": float("nan")}, {"standardize": 1.5}, {"standardize": float("nan")},
+                                 {"positional": -0.1}, {"positional": float("nan")}])
 def test_config_refuses_unknown_options(bad):
     with pytest.raises(ValueError):
         SupportScoringConfig(**bad)

@@ -14,7 +14,12 @@ smoothed, the image score its maximum.  The options, each of which uses the supp
 * ``standardize``: the strength α ∈ [0, 1] of a per-channel standardisation of the patch features by the support
   bank's patches before the nearest-neighbour search: centred, and divided by ``std**α · mean(std)**(1-α)`` (α = 1
   is a diagonal Mahalanobis distance, where channels that vary little among the K normals weigh more; α = 0 is
-  off).
+  off);
+* ``positional``: the floor β of a per-position normalisation of the map: it is divided by the map a normal image is
+  expected to have there (the supports' leave-one-out maps, averaged and smoothed with σ = image size /
+  ``POSITION_SIGMA_DIVISOR``) plus β times that map's mean (0 is off).  Where the supports differ among themselves
+  at every position (image borders, text markers, the edge of the skull), a query's difference counts less; where
+  they agree, more.  It needs K ≥ 2 (with one support it is off).
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from medad.scoring import DEFAULT_SIGMA, smooth_maps
 
 __all__ = ["PLUS_METHOD", "locally_aware_features", "SupportScoringConfig", "SupportScoring", "QueryEncoding",
            "SupportBank", "augment_supports", "channel_statistics", "reduce_map", "global_distance",
-           "nearest_distance", "ROTATION"]
+           "nearest_distance", "expected_normal_map", "ROTATION", "POSITION_SIGMA_DIVISOR"]
 
 #: the method name of a scorer with options (``patchcore`` is the baseline's)
 PLUS_METHOD = "patchcore_plus"
 #: degrees of the rotated support views of ``augment="flip+rotate"``
 ROTATION = 10.0
+#: the expected normal map of ``positional`` is smoothed with σ = image size / this
+POSITION_SIGMA_DIVISOR = 16
 _SCORES = ("max", "top1")
 _AUGMENTS = ("none", "flip", "flip+rotate")
 
@@ -51,6 +58,7 @@ class SupportScoringConfig:
     global_weight: float = 0.0
     score: str = "max"
     standardize: float = 0.0
+    positional: float = 0.0
     sigma: float = DEFAULT_SIGMA
 
     def __post_init__(self) -> None:
@@ -62,6 +70,8 @@ class SupportScoringConfig:
             raise ValueError(f"global_weight must be ≥ 0, not {self.global_weight!r}")
         if not 0.0 <= self.standardize <= 1.0:
             raise ValueError(f"standardize must be in [0, 1], not {self.standardize!r}")
+        if not self.positional >= 0.0:
+            raise ValueError(f"positional must be ≥ 0, not {self.positional!r}")
 
     @property
     def name(self) -> str:
@@ -70,6 +80,7 @@ class SupportScoringConfig:
         parts += [f"global={self.global_weight:g}"] if self.global_weight else []
         parts += [f"score={self.score}"] if self.score != "max" else []
         parts += [f"std={self.standardize:g}"] if self.standardize else []
+        parts += [f"pos={self.positional:g}"] if self.positional else []
         return "patchcore" + (f"[{','.join(parts)}]" if parts else "")
 
     @property
@@ -112,7 +123,8 @@ class QueryEncoding:
 @dataclass
 class SupportBank:
     """The supports' patch bank ``P×D``, pooled features ``V×C`` and leave-one-out score scales; with
-    ``standardize``, the per-channel ``center`` and ``spread`` the bank (and every query) is standardised by."""
+    ``standardize``, the per-channel ``center`` and ``spread`` the bank (and every query) is standardised by; with
+    ``positional``, the ``S×S`` map every query's map is divided by (``position_scale``)."""
 
     patches: torch.Tensor
     pooled: torch.Tensor
@@ -120,6 +132,7 @@ class SupportBank:
     global_scale: float
     center: torch.Tensor | None = None
     spread: torch.Tensor | None = None
+    position_scale: torch.Tensor | None = None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """The bank as named tensors (the support cache, exported graphs)."""
@@ -127,17 +140,23 @@ class SupportBank:
                    "scales": torch.tensor([self.patch_scale, self.global_scale])}
         if self.center is not None:
             tensors.update(center=self.center.contiguous(), spread=self.spread.contiguous())
+        if self.position_scale is not None:
+            tensors.update(position_scale=self.position_scale.contiguous())
         return tensors
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> SupportBank:
         scales = tensors["scales"]
         return cls(tensors["patches"], tensors["pooled"], scales[0], scales[1], tensors.get("center"),
-                   tensors.get("spread"))
+                   tensors.get("spread"), tensors.get("position_scale"))
 
     def standardized(self, patches: torch.Tensor) -> torch.Tensor:
         """Rows ``N×D`` of patch features in the bank's units (unchanged without standardisation)."""
         return patches if self.center is None else (patches - self.center) / self.spread
+
+    def positioned(self, maps: torch.Tensor) -> torch.Tensor:
+        """Maps ``B×S×S`` divided by the expected normal map (unchanged without ``positional``)."""
+        return maps if self.position_scale is None else maps / self.position_scale
 
 
 def augment_supports(images: torch.Tensor, augment: str) -> torch.Tensor:
@@ -188,7 +207,8 @@ class SupportScoring:
 
     @torch.no_grad()
     def prepare_supports(self, support_images: torch.Tensor) -> SupportBank:
-        """The bank of the supports (and their views), with leave-one-out scales of both score terms."""
+        """The bank of the supports (and their views), with leave-one-out scales of both score terms (and the
+        expected normal map of ``positional``)."""
         views = augment_supports(support_images, self.config.augment)
         return self.bank_from_views(self.encode(views), len(support_images))
 
@@ -205,25 +225,30 @@ class SupportScoring:
         per_view = encoded.patches.shape[2] * encoded.patches.shape[3]
         patch_owner = owner.repeat_interleave(per_view)
         patch_scale = global_scale = 1.0
+        position_scale = None
         if k > 1:
-            loo_patch, loo_global = [], []
+            loo_maps, loo_global = [], []
             for i in range(k):
                 others = owner != i
                 bank = SupportBank(patches[patch_owner != i], encoded.pooled[others], 1.0, 1.0, center, spread)
-                patch, glob = self._terms(encoded[slice(i, i + 1)], bank)
-                loo_patch.append(patch)
-                loo_global.append(glob)
-            patch_scale = max(float(torch.cat(loo_patch).mean()), 1e-6)
+                loo_maps.append(self.raw_maps(encoded[slice(i, i + 1)], bank))
+                loo_global.append(global_distance(encoded[slice(i, i + 1)], bank))
+            loo_maps = torch.cat(loo_maps)
             global_scale = max(float(torch.cat(loo_global).mean()), 1e-6)
-        return SupportBank(patches, encoded.pooled, patch_scale, global_scale, center, spread)
+            if self.config.positional:
+                position_scale = expected_normal_map(loo_maps, self.config.positional)
+            else:
+                patch_scale = max(float(reduce_map(loo_maps, self.config.score).mean()), 1e-6)
+        return SupportBank(patches, encoded.pooled, patch_scale, global_scale, center, spread, position_scale)
 
     def raw_maps(self, queries: QueryEncoding, bank: SupportBank) -> torch.Tensor:
-        """Smoothed nearest-neighbour distance maps ``B×H×W`` (not yet in leave-one-out units)."""
+        """Smoothed nearest-neighbour distance maps ``B×H×W`` (not yet in leave-one-out units; with ``positional``,
+        divided by the expected normal map, which puts them in the supports' units)."""
         batch, _, height, width = queries.patches.shape
         distances = nearest_distance(bank.standardized(_flatten(queries.patches)), bank.patches)
         maps = F.interpolate(distances.view(batch, 1, height, width), size=queries.image_size, mode="bilinear",
                              align_corners=False)[:, 0]
-        return smooth_maps(maps, self.config.sigma)
+        return bank.positioned(smooth_maps(maps, self.config.sigma))
 
     def _terms(self, queries: QueryEncoding, bank: SupportBank, maps: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,6 +296,14 @@ def nearest_distance(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     product (much faster on the CPU than a batched ``cdist``)."""
     squared = (points * points).sum(1, keepdim=True) - 2 * points @ bank.T + (bank * bank).sum(1)
     return squared.amin(dim=1).clamp_min(0).sqrt()
+
+
+def expected_normal_map(loo_maps: torch.Tensor, floor: float) -> torch.Tensor:
+    """The divisor ``S×S`` of ``positional``: the supports' leave-one-out maps ``K×S×S`` averaged and smoothed, plus
+    ``floor`` times their mean (so that where the supports match each other exactly no division blows up)."""
+    size = loo_maps.shape[-1]
+    expected = smooth_maps(loo_maps.mean(dim=0, keepdim=True), size / POSITION_SIGMA_DIVISOR)[0]
+    return expected + floor * expected.mean()
 
 
 def reduce_map(maps: torch.Tensor, score: str) -> torch.Tensor:
