@@ -44,8 +44,15 @@ from medad.results import BenchmarkResults, benchmark_command
 FOLDS = ["headct", "brainmri", "brain_tumor", "zhanglab", "nih_cxr"]
 SELECTION = Path("benchmarks/results/fewshot_dev_selection.json")
 LEAKY = Path("benchmarks/results/fewshot_loo_leaky.json")
-#: the first pre-registered test run (its selection was made without focal development tasks)
-ROUND1 = Path("benchmarks/results/fewshot_loo_round1.json")
+#: the earlier pre-registered test runs, each with what it led the next round to change
+EARLIER_ROUNDS = {
+    1: (Path("benchmarks/results/fewshot_loo_round1.json"),
+        "chosen on a development pool without focal lesions. Its losses on the focal folds led to round 2's focal "
+        "development tasks and guard"),
+    2: (Path("benchmarks/results/fewshot_loo_round2.json"),
+        "chosen with round 2's focal development tasks and guard. Its small margin led round 3 to explore, on the "
+        "development pool only, the positional normalisation of the map"),
+}
 BASELINE = "patchcore"
 
 
@@ -186,25 +193,26 @@ def leaky_table() -> dict[str, dict[str, float]]:
     return {t: {m: float(np.mean(v)) for m, v in row.items()} for t, row in table.items()}
 
 
-def round1_lines() -> list[str]:
-    """The first pre-registered run's K=4 figures, shown once beside this run's."""
-    if not ROUND1.is_file():
-        return []
-    first = json.loads(ROUND1.read_text())
-    lines = ["", "## The earlier pre-registered run (round 1, shown once)", "",
-             f"`fewshot_loo_round1.json`: `{first['default_scorer']}`, chosen on a development pool without focal "
-             f"lesions (`fewshot_dev_selection_round1.md`, selection `{first['selection_commit'][:12]}`), same "
-             "folds and draws. Its losses on the focal folds led to round 2's focal development tasks and "
-             "guard. K=4:", "", "| task | round-1 default | patchcore | paired difference |", "|---|---|---|---|"]
-    for fold in FOLDS:
-        c = first["summary"]["per_fold"].get(fold, {}).get("4")
-        if c:
-            lines.append(f"| {fold} | {c['default']['mean']:.1f} | {c[BASELINE]['mean']:.1f} | "
-                         f"{c['difference']['mean']:+.1f} [{c['difference']['ci95'][0]:+.1f}, "
-                         f"{c['difference']['ci95'][1]:+.1f}] |")
-    o = first["summary"]["over_folds"]["4"]
-    lines.append(f"| **mean** | {o['default']:.1f} | {o[BASELINE]:.1f} | {o['difference']:+.1f} "
-                 f"[{o['ci95'][0]:+.1f}, {o['ci95'][1]:+.1f}] |")
+def earlier_round_lines() -> list[str]:
+    """The earlier pre-registered runs' K=4 figures, each shown once beside this run's."""
+    lines = []
+    for number, (path, why) in EARLIER_ROUNDS.items():
+        if not path.is_file():
+            continue
+        earlier = json.loads(path.read_text())
+        lines += ["", f"## An earlier pre-registered run (round {number}, shown once)", "",
+                  f"`{path.name}`: `{earlier['default_scorer']}`, {why} (`fewshot_dev_selection_round{number}.md`, "
+                  f"selection `{earlier['selection_commit'][:12]}`); same folds and draws. K=4:", "",
+                  f"| task | round-{number} default | patchcore | paired difference |", "|---|---|---|---|"]
+        for fold in FOLDS:
+            c = earlier["summary"]["per_fold"].get(fold, {}).get("4")
+            if c:
+                lines.append(f"| {fold} | {c['default']['mean']:.1f} | {c[BASELINE]['mean']:.1f} | "
+                             f"{c['difference']['mean']:+.1f} [{c['difference']['ci95'][0]:+.1f}, "
+                             f"{c['difference']['ci95'][1]:+.1f}] |")
+        o = earlier["summary"]["over_folds"]["4"]
+        lines.append(f"| **mean** | {o['default']:.1f} | {o[BASELINE]:.1f} | {o['difference']:+.1f} "
+                     f"[{o['ci95'][0]:+.1f}, {o['ci95'][1]:+.1f}] |")
     return lines
 
 
@@ -281,7 +289,7 @@ def markdown(results: BenchmarkResults, args) -> str:
                 lines.append(f"| {fold} | {old['d24fad_nn']:.1f} | {old['patchcore']:.1f} | "
                              f"{old['d24fad_nn'] - old['patchcore']:+.1f} | {new['default']['mean']:.1f} | "
                              f"{new[BASELINE]['mean']:.1f} | {new['difference']['mean']:+.1f} |")
-    lines += round1_lines()
+    lines += earlier_round_lines()
     lines += ["", "## What differs from the paper", "",
               "D²4FAD trains a student on other medical tasks; medad's default few-shot scorer is training-free "
               "(the development pool chose it: no learned variant was a candidate this round, see "
