@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from fewshot_dev_selection import DEV_TASKS, development_split, subsample
+from fewshot_dev_selection import DEV_TASKS, development_split, pool_parser, subsample
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
@@ -46,19 +46,10 @@ TOP_PATCHES = 3
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="efficientnet_lite0")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
-    parser.add_argument("--draws", type=int, default=3)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser = pool_parser(__doc__)
     parser.add_argument("--fit-seed", type=int, default=0, help="the draw seed of the support sets fitting uses")
-    parser.add_argument("--max-images", type=int, default=200)
-    parser.add_argument("--dev-normals", type=int, default=150)
-    parser.add_argument("--dev-abnormals", type=int, default=150)
     parser.add_argument("--steps", type=int, default=80, help="optimiser steps of learned_channel_weights")
     parser.add_argument("--penalty", type=float, default=1.0, help="weight of the equal-weights penalty")
-    parser.add_argument("--cache", default="benchmarks/.cache/fewshot_dev")
     parser.add_argument("--name", default="fewshot_dev_ablations")
     return parser.parse_args()
 

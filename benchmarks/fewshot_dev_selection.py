@@ -74,8 +74,10 @@ RULE = (f"among candidates no more than {GUARD:g} point below PatchCore-K on any
         "PatchCore-K's mean, else PatchCore-K")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def pool_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments that define the development pool, its draws and its feature cache (shared by the benchmarks
+    that read the pool: this one and ``fewshot_dev_ablations.py``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--k", nargs="+", type=int, default=[2, 4, 8])
@@ -86,6 +88,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dev-normals", type=int, default=150)
     parser.add_argument("--dev-abnormals", type=int, default=150)
     parser.add_argument("--cache", default="benchmarks/.cache/fewshot_dev")
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = pool_parser(__doc__)
     parser.add_argument("--name", default="fewshot_dev_selection")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
     return parser.parse_args()
