@@ -34,7 +34,8 @@ from sklearn.metrics import roc_auc_score
 from medad.backbones import build_teacher
 from medad.data.images import load_images
 from medad.engine.fewshot import draw_supports
-from medad.models.support_scoring import QueryEncoding, SupportScoring, SupportScoringConfig, reduce_map
+from medad.models.support_scoring import (QueryEncoding, SupportScoring, SupportScoringConfig, flatten_patches,
+                                          reduce_map, squared_distances)
 from medad.results import BenchmarkResults, benchmark_command
 
 #: development tasks that share images: fitting for one leaves the others out too
@@ -54,15 +55,11 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def flat(patches: torch.Tensor) -> torch.Tensor:
-    return patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
-
-
 def nearest_residuals(queries: torch.Tensor, supports: torch.Tensor) -> torch.Tensor:
     """``N×P×D``: each query patch minus its (Euclidean) nearest support patch."""
-    points, bank = flat(queries), flat(supports)
-    squared = (points * points).sum(1, keepdim=True) - 2 * points @ bank.T + (bank * bank).sum(1)
-    return (points - bank[squared.argmin(dim=1)]).view(len(queries), -1, queries.shape[1])
+    points, bank = flatten_patches(queries), flatten_patches(supports)
+    nearest = squared_distances(points, bank).argmin(dim=1)
+    return (points - bank[nearest]).view(len(queries), -1, queries.shape[1])
 
 
 def residual_whitening(normal_residuals: list[torch.Tensor], shrinkage: float) -> torch.Tensor:

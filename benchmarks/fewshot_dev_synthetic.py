@@ -28,7 +28,7 @@ from medad.data.images import load_images
 from medad.data.synthetic import pasted_anomalies
 from medad.data.tasks import load_task
 from medad.engine.fewshot import draw_supports
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig
+from medad.models.support_scoring import SupportScoring, SupportScoringConfig, augment_supports
 from medad.results import BenchmarkResults, benchmark_command
 
 TASKS = ["headct", "brainmri"]
@@ -76,6 +76,7 @@ def main() -> int:
     args = parse_args()
     torch.manual_seed(0)
     teacher = build_teacher(args.teacher)
+    encoder = SupportScoring(teacher)
     start = time.time()
     auroc = {label: {t: {str(k): [] for k in args.k} for t in TASKS} for label in CANDIDATES}
     sizes = {}
@@ -87,14 +88,16 @@ def main() -> int:
         queries = torch.cat([normals, lesions])
         labels = np.r_[np.zeros(len(normals)), np.ones(len(lesions))]
         sizes[name] = {"held_out": len(held_out), "support_pool": len(pool)}
-        encoder = SupportScoring(teacher)
         encoded = encoder.encode(queries)
         for k, draw in itertools.product(args.k, range(args.draws)):
             supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw)], args.image_size,
                                       workers=0)
+            # each set of support views is encoded once, for every candidate that uses it
+            views = {augment: encoder.encode(augment_supports(supports, augment))
+                     for augment in {config.augment for config in CANDIDATES.values()}}
             for label, config in CANDIDATES.items():
                 scorer = SupportScoring(teacher, config)
-                _, scores = scorer.score_encoded(encoded, scorer.prepare_supports(supports))
+                _, scores = scorer.score_encoded(encoded, scorer.bank_from_views(views[config.augment], k))
                 auroc[label][name][str(k)].append(100 * roc_auc_score(labels, scores.numpy()))
         print(f"{name}: {time.time() - start:.0f} s", flush=True)
     candidates = {label: {"name": config.name, "config": config.as_dict(), "auroc": auroc[label],

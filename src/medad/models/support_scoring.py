@@ -38,7 +38,8 @@ from medad.scoring import DEFAULT_SIGMA, smooth_maps
 
 __all__ = ["PLUS_METHOD", "locally_aware_features", "SupportScoringConfig", "SupportScoring", "QueryEncoding",
            "SupportBank", "augment_supports", "channel_statistics", "reduce_map", "global_distance",
-           "nearest_distance", "expected_normal_map", "ROTATION", "POSITION_SIGMA_DIVISOR"]
+           "nearest_distance", "squared_distances", "flatten_patches", "expected_normal_map", "ROTATION",
+           "POSITION_SIGMA_DIVISOR"]
 
 #: the method name of a scorer with options (``patchcore`` is the baseline's)
 PLUS_METHOD = "patchcore_plus"
@@ -217,7 +218,7 @@ class SupportScoring:
         """A bank from the encoded support views (the K originals first, then each view of all K in turn)."""
         n_views = len(encoded.pooled) // k
         owner = torch.arange(k).repeat(n_views)
-        patches = _flatten(encoded.patches)
+        patches = flatten_patches(encoded.patches)
         center = spread = None
         if self.config.standardize:
             center, spread = channel_statistics(patches, self.config.standardize)
@@ -245,22 +246,17 @@ class SupportScoring:
         """Smoothed nearest-neighbour distance maps ``B×H×W`` (not yet in leave-one-out units; with ``positional``,
         divided by the expected normal map, which puts them in the supports' units)."""
         batch, _, height, width = queries.patches.shape
-        distances = nearest_distance(bank.standardized(_flatten(queries.patches)), bank.patches)
+        distances = nearest_distance(bank.standardized(flatten_patches(queries.patches)), bank.patches)
         maps = F.interpolate(distances.view(batch, 1, height, width), size=queries.image_size, mode="bilinear",
                              align_corners=False)[:, 0]
         return bank.positioned(smooth_maps(maps, self.config.sigma))
-
-    def _terms(self, queries: QueryEncoding, bank: SupportBank, maps: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.raw_maps(queries, bank) if maps is None else maps
-        return reduce_map(maps, self.config.score), global_distance(queries, bank)
 
     @torch.no_grad()
     def score_terms(self, queries: QueryEncoding, bank: SupportBank
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Maps ``B×H×W``, the patch term and the whole-image term ``B``, each in leave-one-out units."""
         maps = self.raw_maps(queries, bank)
-        patch, glob = self._terms(queries, bank, maps)
+        patch, glob = reduce_map(maps, self.config.score), global_distance(queries, bank)
         return maps / bank.patch_scale, patch / bank.patch_scale, glob / bank.global_scale
 
     @torch.no_grad()
@@ -291,11 +287,15 @@ def channel_statistics(patches: torch.Tensor, strength: float = 1.0) -> tuple[to
     return patches.mean(dim=0), (std + 1e-3 * typical) ** strength * typical ** (1.0 - strength)
 
 
+def squared_distances(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``N×P`` between the rows of ``points`` (N×D) and of ``bank`` (P×D), as one matrix
+    product (much faster on the CPU than a batched ``cdist``; may be slightly negative from rounding)."""
+    return (points * points).sum(1, keepdim=True) - 2 * points @ bank.T + (bank * bank).sum(1)
+
+
 def nearest_distance(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each row of ``points`` (N×D) to its nearest row of ``bank`` (P×D), as one matrix
-    product (much faster on the CPU than a batched ``cdist``)."""
-    squared = (points * points).sum(1, keepdim=True) - 2 * points @ bank.T + (bank * bank).sum(1)
-    return squared.amin(dim=1).clamp_min(0).sqrt()
+    """Euclidean distance of each row of ``points`` (N×D) to its nearest row of ``bank`` (P×D)."""
+    return squared_distances(points, bank).amin(dim=1).clamp_min(0).sqrt()
 
 
 def expected_normal_map(loo_maps: torch.Tensor, floor: float) -> torch.Tensor:
@@ -319,5 +319,6 @@ def global_distance(queries: QueryEncoding, bank: SupportBank) -> torch.Tensor:
     return (1.0 - queries.pooled @ bank.pooled.T).amin(dim=1)
 
 
-def _flatten(patches: torch.Tensor) -> torch.Tensor:
+def flatten_patches(patches: torch.Tensor) -> torch.Tensor:
+    """Patch features ``B×D×h×w`` as rows ``(B·h·w)×D``."""
     return patches.permute(0, 2, 3, 1).reshape(-1, patches.shape[1])
