@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from medad.backbones import build_teacher
 from medad.data.images import load_images
 from medad.data.synthetic import pasted_anomalies
-from medad.data.tasks import load_task
+from medad.data.tasks import Sample, load_task
 from medad.engine.fewshot import draw_supports
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, augment_supports
 from medad.results import BenchmarkResults, benchmark_command
@@ -52,6 +52,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--held-out", type=int, default=16, help="training normals per task kept out of the pool")
     parser.add_argument("--name", default="fewshot_dev_synthetic")
     return parser.parse_args()
+
+
+def synthetic_task(name: str, image_size: int, held_out: int) -> tuple[list[Sample], torch.Tensor, np.ndarray]:
+    """(support pool, query images, labels) of one synthetic focal task: the last ``held_out`` training normals of
+    ``name`` and the same images with one synthetic lesion each; the pool is the other training normals."""
+    train = load_task(name).train
+    pool, normals = train[:-held_out], train[-held_out:]
+    images, _ = load_images(normals, image_size, desc=f"{name} held-out normals")
+    lesions, _, _ = pasted_anomalies(images, seed=0)
+    return pool, torch.cat([images, lesions]), np.r_[np.zeros(len(images)), np.ones(len(lesions))].astype(int)
 
 
 def markdown(data: dict) -> str:
@@ -81,13 +91,8 @@ def main() -> int:
     auroc = {label: {t: {str(k): [] for k in args.k} for t in TASKS} for label in CANDIDATES}
     sizes = {}
     for name in TASKS:
-        train = load_task(name).train
-        pool, held_out = train[:-args.held_out], train[-args.held_out:]
-        normals, _ = load_images(held_out, args.image_size, desc=f"{name} held-out normals")
-        lesions, _, _ = pasted_anomalies(normals, seed=0)
-        queries = torch.cat([normals, lesions])
-        labels = np.r_[np.zeros(len(normals)), np.ones(len(lesions))]
-        sizes[name] = {"held_out": len(held_out), "support_pool": len(pool)}
+        pool, queries, labels = synthetic_task(name, args.image_size, args.held_out)
+        sizes[name] = {"held_out": len(labels) // 2, "support_pool": len(pool)}
         encoded = encoder.encode(queries)
         for k, draw in itertools.product(args.k, range(args.draws)):
             supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw)], args.image_size,

@@ -127,6 +127,21 @@ def test_every_candidate_uses_the_supports(teacher, config):
     assert torch.isfinite(a).all() and not torch.allclose(a, b, rtol=1e-3)
 
 
+@pytest.mark.parametrize("config", CANDIDATES, ids=lambda c: c.name)
+def test_shared_plain_maps_give_each_candidates_own_scores(teacher, config):
+    """A candidate scored from the plain maps of its views and standardisation (``bank.positioned`` of them) gets
+    exactly the scores it computes alone: what lets a benchmark compute the maps once for several candidates."""
+    scorer = SupportScoring(teacher, config)
+    views = scorer.encode(augment_supports(_images(12, 3), config.augment))
+    bank = scorer.bank_from_views(views, 3)
+    plain = SupportScoring(teacher, SupportScoringConfig(augment=config.augment, standardize=config.standardize))
+    queries = scorer.encode(_images(13, 4))
+    shared = plain.raw_maps(queries, plain.bank_from_views(views, 3))
+    alone_maps, alone = scorer.score_encoded(queries, bank)
+    maps, scores = scorer.score_encoded(queries, bank, bank.positioned(shared))
+    assert torch.allclose(scores, alone, atol=1e-6) and torch.allclose(maps, alone_maps, atol=1e-6)
+
+
 def test_a_support_scores_lower_than_a_foreign_image(teacher):
     scorer = SupportScoring(teacher, SupportScoringConfig(augment="flip", global_weight=1.0))
     supports = _images(4, 3)

@@ -252,24 +252,28 @@ class SupportScoring:
         return bank.positioned(smooth_maps(maps, self.config.sigma))
 
     @torch.no_grad()
-    def score_terms(self, queries: QueryEncoding, bank: SupportBank
+    def score_terms(self, queries: QueryEncoding, bank: SupportBank, maps: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Maps ``B×H×W``, the patch term and the whole-image term ``B``, each in leave-one-out units."""
-        maps = self.raw_maps(queries, bank)
+        """Maps ``B×H×W``, the patch term and the whole-image term ``B``, each in leave-one-out units (``maps``: the
+        queries' :meth:`raw_maps` against ``bank``, when already computed)."""
+        maps = self.raw_maps(queries, bank) if maps is None else maps
         patch, glob = reduce_map(maps, self.config.score), global_distance(queries, bank)
         return maps / bank.patch_scale, patch / bank.patch_scale, glob / bank.global_scale
 
     @torch.no_grad()
-    def score_encoded(self, queries: QueryEncoding, bank: SupportBank) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_encoded(self, queries: QueryEncoding, bank: SupportBank, maps: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly maps ``B×H×W`` and image scores ``B`` of encoded queries.
 
         Without the whole-image term they are PatchCore-K's raw distances; with it, both terms are in the units of
-        the supports' leave-one-out scores, so that they can be added.
+        the supports' leave-one-out scores, so that they can be added.  ``maps``: the queries' :meth:`raw_maps`
+        against ``bank``, when already computed (configurations that differ only in the image score, the positional
+        floor or the whole-image weight share them: ``bank.positioned`` of the plain maps).
         """
+        maps = self.raw_maps(queries, bank) if maps is None else maps
         if not self.config.global_weight:
-            maps = self.raw_maps(queries, bank)
             return maps, reduce_map(maps, self.config.score)
-        maps, patch, glob = self.score_terms(queries, bank)
+        maps, patch, glob = self.score_terms(queries, bank, maps)
         return maps, patch + self.config.global_weight * glob
 
     @torch.no_grad()
