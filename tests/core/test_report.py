@@ -131,6 +131,21 @@ def test_results_and_runs_give_one_self_contained_page(tmp_path):
     assert "Not available" not in page
 
 
+def test_chart_rows_of_several_settings_name_each_setting():
+    """A results file run at two image sizes must chart one bar per (method, size): before, the chart drew
+    whichever size came first under the bare method name."""
+    from medad.report.summary import family_groups, named_by_setting
+    rows = [{"method": method, "backbone": "efficientnet_lite0", "image_size": size, "task": "t", "k": 4}
+            for size in (128, 224) for method in ("patchcore", "round 2")]
+    named = named_by_setting(rows)
+    assert [row["method"] for row in named] == [f"{method} · efficientnet_lite0, {size} px"
+                                                for size in (128, 224) for method in ("patchcore", "round 2")]
+    assert family_groups(named) == [("main methods", [row["method"] for row in named])]
+    assert named_by_setting(rows[:2]) == rows[:2]  # one setting: names unchanged
+    one_each = [rows[0], {**rows[3], "method": "pdd"}]  # each method in one setting of its own: unchanged
+    assert named_by_setting(one_each) == one_each
+
+
 def test_heatmap_grid_ranks_by_score(tmp_path):
     import medad.report as report_module
 

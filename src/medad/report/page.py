@@ -16,7 +16,7 @@ from medad.report import figures
 from medad.report.figures import MAX_WEIGHT_QUERIES
 from medad.report.inputs import ReportInputs, collect_inputs
 from medad.report.summary import (HEADLINE_K, family_groups, headline, headline_caption, headline_figure,
-                                  summary_table)
+                                  named_by_setting, summary_table)
 from medad.report.tables import k_sort, ordered, speed_html, summary_rows, table_html
 
 CSS = """
@@ -103,7 +103,7 @@ def _summary_section(collected: ReportInputs, page: _Page) -> str:
 
 def _source_charts(source, page: _Page) -> list[str]:
     """The source's charts, one per method family: grouped bars for a few methods, a ranked chart for many."""
-    rows = [row for row in summary_rows(source.records) if row["image_auroc_mean"] is not None]
+    rows = named_by_setting([row for row in summary_rows(source.records) if row["image_auroc_mean"] is not None])
     if len(rows) < 2:  # one bar would only repeat the table
         return []
     ks = sorted(ordered(row["k"] for row in rows), key=k_sort)

@@ -135,6 +135,17 @@ def headline_caption(h: Headline) -> str:
             "mean over tasks; dotted line: chance.")
 
 
+def named_by_setting(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where a method ran with several (teacher, image size) settings, every method renamed ``method · teacher, S
+    px``, so that a chart never lets one setting's bar stand for another's; otherwise the rows as they are."""
+    settings: dict[str, set] = {}
+    for row in rows:
+        settings.setdefault(row["method"], set()).add((row["backbone"], row["image_size"]))
+    if all(len(each) < 2 for each in settings.values()):
+        return rows
+    return [{**row, "method": f"{row['method']} · {row['backbone']}, {row['image_size']} px"} for row in rows]
+
+
 def family_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[str]]]:
     """The detailed charts' groups: the main methods (names without a variant) together, then each family that
     has variants, with its main method first."""
