@@ -59,6 +59,7 @@ SCORERS = {"patchcore": SupportScoringConfig(),
 #: the rows only the reference features get
 EXTRA_FEATURES = "lite0@128"
 CONTRAST = 0.5
+CONTRAST_LABEL = f"self-contrast[{CONTRAST:g}]"
 MUTUAL_FRACTIONS = (0.1, 0.3)
 #: queries scored at once (the distance matrix of 16 queries at 224 px against 32 support views is ~1 GB)
 CHUNK = 16
@@ -98,14 +99,19 @@ def task_images(name: str, args: argparse.Namespace, image_size: int) -> tuple[l
     return pool, images, np.array([evaluation[i].label for i in keep])
 
 
-def scorer_scores(queries: QueryEncoding, views: dict[str, QueryEncoding], k: int) -> dict[str, torch.Tensor]:
-    """Image scores of every scorer of ``SCORERS``; the plain maps are computed once per (support views,
-    standardisation) and shared by the scorers that differ only in the image score, positional floor or whole-image
-    term."""
+def scorer_scores(queries: QueryEncoding, views: dict[str, QueryEncoding], k: int, contrast: bool = False
+                  ) -> dict[str, torch.Tensor]:
+    """Image scores of every scorer of ``SCORERS`` (and, with ``contrast``, of self-contrast: the top-1 % score minus
+    ``CONTRAST`` times the median of the query's own map against the support views); the plain maps are computed
+    once per (support views, standardisation) and shared by the scorers that differ only in the image score,
+    positional floor or whole-image term, and by self-contrast."""
     groups: dict[tuple[str, float], list[str]] = {}
     for label, config in SCORERS.items():
         groups.setdefault((config.augment, config.standardize), []).append(label)
+    contrast_group = ("flip+rotate", 0.0) if contrast else None
     scores: dict[str, list[torch.Tensor]] = {label: [] for label in SCORERS}
+    if contrast:
+        scores[CONTRAST_LABEL] = []
     for (augment, standardize), labels in groups.items():
         plain = SupportScoring(None, SupportScoringConfig(augment=augment, standardize=standardize))
         plain_bank = plain.bank_from_views(views[augment], k)
@@ -116,41 +122,36 @@ def scorer_scores(queries: QueryEncoding, views: dict[str, QueryEncoding], k: in
             maps = plain.raw_maps(chunk, plain_bank)
             for label, scorer in scorers.items():
                 scores[label].append(scorer.score_encoded(chunk, banks[label], banks[label].positioned(maps))[1])
+            if (augment, standardize) == contrast_group:
+                scores[CONTRAST_LABEL].append(reduce_map(maps, "top1")
+                                              - CONTRAST * maps.flatten(1).median(dim=1).values)
     return {label: torch.cat(parts) for label, parts in scores.items()}
 
 
-def self_contrast_scores(queries: QueryEncoding, views: QueryEncoding, k: int) -> torch.Tensor:
-    """The top-1 % score minus ``CONTRAST`` times the median of the query's own map (support views)."""
-    scorer = SupportScoring(None, SupportScoringConfig(augment="flip+rotate", score="top1"))
-    bank = scorer.bank_from_views(views, k)
-    scores = []
-    for i in range(0, len(queries), CHUNK):
-        maps = scorer.raw_maps(queries[slice(i, i + CHUNK)], bank)
-        scores.append(reduce_map(maps, "top1") - CONTRAST * maps.flatten(1).median(dim=1).values)
-    return torch.cat(scores)
+def nearest_by_image(queries: QueryEncoding, references: QueryEncoding) -> torch.Tensor:
+    """``B×P×R``: the squared distance of each of the B queries' P patches to its nearest patch in each of the R
+    reference images."""
+    per_reference = references.patches.shape[2] * references.patches.shape[3]
+    rows = flatten_patches(references.patches)
+    return torch.stack([squared_distances(flatten_patches(queries.patches[i:i + 1]), rows)
+                        .view(-1, len(references), per_reference).amin(dim=2) for i in range(len(queries))])
 
 
-def mutual_scores(queries: QueryEncoding, fraction: float, supports: QueryEncoding | None = None) -> torch.Tensor:
-    """Image scores of mutual scoring (module doc): every other query image, and every support image when given,
-    is a reference; a patch scores the mean of its smallest ``fraction`` of nearest-patch distances to them."""
+def mutual_scores(among_queries: torch.Tensor, fraction: float, queries: QueryEncoding,
+                  to_supports: torch.Tensor | None = None) -> torch.Tensor:
+    """Image scores of mutual scoring (module doc) from :func:`nearest_by_image` of the queries against themselves
+    (and against the support images, when given): every other query image and every support image is a reference;
+    a patch scores the mean of its smallest ``fraction`` of nearest-patch distances to them."""
     batch, _, height, width = queries.patches.shape
-    per_image = height * width
-    rows = flatten_patches(queries.patches)
-    support_rows = None if supports is None else flatten_patches(supports.patches)
-    scores = []
-    for i in range(batch):
-        own = rows[i * per_image:(i + 1) * per_image]
-        nearest = squared_distances(own, rows).view(per_image, batch, per_image).amin(dim=2)
-        nearest[:, i] = float("inf")
-        if support_rows is not None:
-            nearest = torch.cat([nearest, squared_distances(own, support_rows).view(per_image, -1, per_image)
-                                 .amin(dim=2)], dim=1)
-        references = nearest.shape[1] - 1
-        smallest = nearest.topk(max(1, round(fraction * references)), dim=1, largest=False).values
-        patch_map = smallest.clamp_min(0).sqrt().mean(dim=1).view(1, 1, height, width)
-        image_map = F.interpolate(patch_map, size=queries.image_size, mode="bilinear", align_corners=False)[:, 0]
-        scores.append(reduce_map(smooth_maps(image_map, DEFAULT_SIGMA), "top1"))
-    return torch.cat(scores)
+    nearest = among_queries.clone()
+    nearest[torch.arange(batch), :, torch.arange(batch)] = float("inf")  # a query is not its own reference
+    if to_supports is not None:
+        nearest = torch.cat([nearest, to_supports], dim=2)
+    references = nearest.shape[2] - 1
+    smallest = nearest.topk(max(1, round(fraction * references)), dim=2, largest=False).values
+    patch_maps = smallest.clamp_min(0).sqrt().mean(dim=2).view(batch, 1, height, width)
+    image_maps = F.interpolate(patch_maps, size=queries.image_size, mode="bilinear", align_corners=False)[:, 0]
+    return reduce_map(smooth_maps(image_maps, DEFAULT_SIGMA), "top1")
 
 
 def record(results: BenchmarkResults, features: str, scorer: str, task: str, key: tuple[int, int, int] | None,
@@ -168,22 +169,21 @@ def run_task(results: BenchmarkResults, features: str, encoder: EnsembleEncoder,
     pool, images, labels = task_images(task, args, FEATURES[features][1])
     queries = encoder.encode(images)
     extras = features == EXTRA_FEATURES
-    if extras:
+    if extras:  # the queries' distances to each other do not depend on the supports: computed once per task
+        among_queries = nearest_by_image(queries, queries)
         for fraction in MUTUAL_FRACTIONS:
             record(results, features, f"mutual[{fraction:g}] (transductive)", task, None, labels,
-                   mutual_scores(queries, fraction))
+                   mutual_scores(among_queries, fraction, queries))
     for key in itertools.product(args.seeds, args.k, range(args.draws)):
         seed, k, draw = key
         supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)],
                                   FEATURES[features][1], workers=0)
         views = {augment: encoder.encode(augment_supports(supports, augment)) for augment in ("none", "flip+rotate")}
-        for label, scores in scorer_scores(queries, views, k).items():
+        for label, scores in scorer_scores(queries, views, k, contrast=extras).items():
             record(results, features, label, task, key, labels, scores)
         if extras:
-            record(results, features, f"self-contrast[{CONTRAST:g}]", task, key, labels,
-                   self_contrast_scores(queries, views["flip+rotate"], k))
             record(results, features, f"mutual[{MUTUAL_FRACTIONS[0]:g}]+supports (transductive)", task, key, labels,
-                   mutual_scores(queries, MUTUAL_FRACTIONS[0], views["none"]))
+                   mutual_scores(among_queries, MUTUAL_FRACTIONS[0], queries, nearest_by_image(queries, views["none"])))
 
 
 def summary(records: list[dict]) -> dict[str, dict[str, dict]]:
