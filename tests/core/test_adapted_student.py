@@ -1,0 +1,85 @@
+"""Test-time adaptation (medad.models.adapted_student): generic training, adaptation to the supports, scoring."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medad.backbones import build_teacher
+from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps,
+                                          train_generic_student)
+from medad.models.rd4ad import RD4AD
+from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    torch.manual_seed(0)
+    return build_teacher("efficientnet_lite0").eval()
+
+
+def _images(seed: int, n: int, size: int = 64) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(0, 1, size).view(1, 1, 1, size).expand(n, 3, size, size)
+    return (0.6 * base + 0.4 * torch.rand(n, 3, size, size, generator=g)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def generic_state(teacher):
+    scorer = AdaptedStudentScoring(teacher, {})
+    return train_generic_student(teacher, scorer.teacher_features(_images(10, 8)), steps=3, batch_size=4,
+                                 progress=False)
+
+
+def test_generic_training_is_seeded_and_changes_the_student(teacher, generic_state):
+    features = AdaptedStudentScoring(teacher, {}).teacher_features(_images(10, 8))
+    again = train_generic_student(teacher, features, steps=3, batch_size=4, progress=False)
+    assert all(torch.equal(generic_state[key], again[key]) for key in generic_state)
+    torch.manual_seed(0)
+    fresh = RD4AD(teacher).student.state_dict()
+    assert any(not torch.equal(fresh[key], generic_state[key]) for key in fresh if fresh[key].is_floating_point())
+
+
+def test_adaptation_lowers_the_loss_on_the_supports(teacher, generic_state):
+    views = AdaptedStudentScoring(teacher, {}).teacher_features(_images(0, 4))
+    before = adapt_student(teacher, generic_state, views, steps=0, learning_rate=1e-3)
+    after = adapt_student(teacher, generic_state, views, steps=8, learning_rate=1e-3)
+    with torch.no_grad():
+        assert after.loss(views) < before.loss(views)
+    # the generic state itself is left untouched
+    assert all(torch.equal(before.student.state_dict()[key], generic_state[key]) for key in generic_state)
+
+
+def test_scores_are_the_support_term_plus_the_weighted_student_term(teacher, generic_state):
+    config = AdaptedStudentConfig(steps=2, weight=0.5)
+    scorer = AdaptedStudentScoring(teacher, generic_state, config)
+    supports, queries = _images(0, 3), _images(1, 4)
+    prepared = scorer.prepare_supports(supports)
+    maps, scores = scorer.predict(queries, prepared)
+    assert maps.shape == (4, 64, 64) and scores.shape == (4,)
+    encoded = SupportScoring.encoding_from_teacher(scorer.teacher_features(queries), (64, 64))
+    support_term = reduce_map(scorer.support_scoring.score_terms(encoded, prepared.bank)[0], "top1")
+    student_term = reduce_map(student_maps(prepared.model, scorer.teacher_features(queries), (64, 64)), "top1")
+    expected = support_term + 0.5 * student_term / prepared.student_scale
+    assert torch.allclose(scores, expected, rtol=1e-4, atol=1e-5)
+    # the student scale is the mean score of the supports themselves
+    own = reduce_map(student_maps(prepared.model, scorer.teacher_features(supports), (64, 64)), "top1")
+    assert prepared.student_scale == pytest.approx(float(own.mean()), rel=1e-4)
+
+
+def test_both_terms_change_when_the_supports_change(teacher, generic_state):
+    scorer = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=2, weight=1.0))
+    queries = scorer.teacher_features(_images(1, 4))
+    first, second = scorer.prepare_supports(_images(0, 3)), scorer.prepare_supports(_images(5, 3))
+    assert not torch.allclose(student_maps(first.model, queries, (64, 64)), student_maps(second.model, queries, (64, 64)))
+    assert not torch.allclose(first.bank.patches, second.bank.patches)
+    assert not torch.allclose(scorer.score_features(queries, first, (64, 64))[1],
+                              scorer.score_features(queries, second, (64, 64))[1])
+
+
+@pytest.mark.parametrize("bad", [dict(steps=-1), dict(weight=-0.5),
+                                 dict(support=SupportScoringConfig(global_weight=0.5)),
+                                 dict(support=SupportScoringConfig(positional=0.1))])
+def test_config_rejects_bad_options(bad):
+    with pytest.raises(ValueError):
+        AdaptedStudentConfig(**bad)
