@@ -46,7 +46,7 @@ from medad.data.tasks import Sample, load_task
 from medad.engine.fewshot import draw_supports
 from medad.io_utils import atomic_path
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, student_maps,
-                                          train_generic_student)
+                                          teacher_features, train_generic_student)
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
@@ -80,13 +80,13 @@ def source_samples(source: str) -> list[Sample]:
     return train[::max(1, len(train) // PER_SOURCE)][:PER_SOURCE]
 
 
-def source_features(source: str, scorer: AdaptedStudentScoring, cache: Path) -> list[torch.Tensor]:
+def source_features(source: str, teacher, cache: Path) -> list[torch.Tensor]:
     """The teacher features (float16) of a source's images followed by their horizontal flips, cached."""
     path = cache / f"{source}.pt"
     if path.is_file():
         return torch.load(path)
     images, _ = load_images(source_samples(source), IMAGE_SIZE, desc=source)
-    features = [stage.half() for stage in scorer.teacher_features(torch.cat([images, images.flip(-1)]))]
+    features = [stage.half() for stage in teacher_features(teacher, torch.cat([images, images.flip(-1)]))]
     with atomic_path(path) as tmp:
         torch.save(features, tmp)
     return features
@@ -100,7 +100,7 @@ def evaluation_samples(task: str, args: argparse.Namespace) -> list[Sample]:
     return [evaluation[i] for i in subsample([s.label for s in evaluation], args.max_images)]
 
 
-def generic_student(task: str, scorer: AdaptedStudentScoring, args: argparse.Namespace, results: BenchmarkResults
+def generic_student(task: str, teacher, args: argparse.Namespace, results: BenchmarkResults
                     ) -> dict[str, torch.Tensor]:
     """The generic student of a pool task (module doc), cached; the near-copies dropped go into ``results``."""
     cache = Path(args.cache)
@@ -115,11 +115,11 @@ def generic_student(task: str, scorer: AdaptedStudentScoring, args: argparse.Nam
         samples = source_samples(source)
         kept, removed = drop_near_duplicates(samples, evaluation, why=f"{task} evaluation")
         keep = torch.tensor([s in kept for s in samples])
-        features = source_features(source, scorer, cache)
+        features = source_features(source, teacher, cache)
         parts.append([stage[torch.cat([keep, keep])] for stage in features])
         dropped[source] = len(removed)
     features = [torch.cat(stage) for stage in zip(*parts, strict=True)]
-    state = train_generic_student(scorer.teacher, features, GENERIC_STEPS, seed=0)
+    state = train_generic_student(teacher, features, GENERIC_STEPS, seed=0)
     results.data["tta"]["generic"][task] = {"images": len(features[0]), "dropped_near_copies": dropped}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -138,10 +138,10 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
     """Every row of one pool task, added to ``results``."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    scorers = {steps: AdaptedStudentScoring(teacher, {}, AdaptedStudentConfig(steps=steps)) for steps in STEPS}
-    state = generic_student(task, scorers[0], args, results)
+    state = generic_student(task, teacher, args, results)
+    scorers = {steps: AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=steps)) for steps in STEPS}
     pool, images, labels = task_images(task, args, IMAGE_SIZE)
-    features = scorers[0].teacher_features(images)
+    features = teacher_features(teacher, images)
     image_size = tuple(images.shape[-2:])
     queries = SupportScoring.encoding_from_teacher(features, image_size)
     patchcore = SupportScoring(teacher, SupportScoringConfig())
@@ -153,7 +153,6 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
                patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1])
         support_maps = None
         for steps, scorer in scorers.items():
-            scorer.generic_state = state
             prepared = scorer.prepare_supports(supports, seed=draw)
             if support_maps is None:
                 support_maps = scorer.support_scoring.score_terms(queries, prepared.bank)[0]

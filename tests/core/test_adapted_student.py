@@ -7,7 +7,7 @@ import torch
 
 from medad.backbones import build_teacher
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps,
-                                          train_generic_student)
+                                          teacher_features, train_generic_student)
 from medad.models.rd4ad import RD4AD
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
 
@@ -26,13 +26,12 @@ def _images(seed: int, n: int, size: int = 64) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def generic_state(teacher):
-    scorer = AdaptedStudentScoring(teacher, {})
-    return train_generic_student(teacher, scorer.teacher_features(_images(10, 8)), steps=3, batch_size=4,
+    return train_generic_student(teacher, teacher_features(teacher, _images(10, 8)), steps=3, batch_size=4,
                                  progress=False)
 
 
 def test_generic_training_is_seeded_and_changes_the_student(teacher, generic_state):
-    features = AdaptedStudentScoring(teacher, {}).teacher_features(_images(10, 8))
+    features = teacher_features(teacher, _images(10, 8))
     again = train_generic_student(teacher, features, steps=3, batch_size=4, progress=False)
     assert all(torch.equal(generic_state[key], again[key]) for key in generic_state)
     torch.manual_seed(0)
@@ -41,7 +40,7 @@ def test_generic_training_is_seeded_and_changes_the_student(teacher, generic_sta
 
 
 def test_adaptation_lowers_the_loss_on_the_supports(teacher, generic_state):
-    views = AdaptedStudentScoring(teacher, {}).teacher_features(_images(0, 4))
+    views = teacher_features(teacher, _images(0, 4))
     before = adapt_student(teacher, generic_state, views, steps=0, learning_rate=1e-3)
     after = adapt_student(teacher, generic_state, views, steps=8, learning_rate=1e-3)
     with torch.no_grad():
@@ -57,19 +56,19 @@ def test_scores_are_the_support_term_plus_the_weighted_student_term(teacher, gen
     prepared = scorer.prepare_supports(supports)
     maps, scores = scorer.predict(queries, prepared)
     assert maps.shape == (4, 64, 64) and scores.shape == (4,)
-    encoded = SupportScoring.encoding_from_teacher(scorer.teacher_features(queries), (64, 64))
+    encoded = SupportScoring.encoding_from_teacher(teacher_features(teacher, queries), (64, 64))
     support_term = reduce_map(scorer.support_scoring.score_terms(encoded, prepared.bank)[0], "top1")
-    student_term = reduce_map(student_maps(prepared.model, scorer.teacher_features(queries), (64, 64)), "top1")
+    student_term = reduce_map(student_maps(prepared.model, teacher_features(teacher, queries), (64, 64)), "top1")
     expected = support_term + 0.5 * student_term / prepared.student_scale
     assert torch.allclose(scores, expected, rtol=1e-4, atol=1e-5)
     # the student scale is the mean score of the supports themselves
-    own = reduce_map(student_maps(prepared.model, scorer.teacher_features(supports), (64, 64)), "top1")
+    own = reduce_map(student_maps(prepared.model, teacher_features(teacher, supports), (64, 64)), "top1")
     assert prepared.student_scale == pytest.approx(float(own.mean()), rel=1e-4)
 
 
 def test_both_terms_change_when_the_supports_change(teacher, generic_state):
     scorer = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=2, weight=1.0))
-    queries = scorer.teacher_features(_images(1, 4))
+    queries = teacher_features(teacher, _images(1, 4))
     first, second = scorer.prepare_supports(_images(0, 3)), scorer.prepare_supports(_images(5, 3))
     assert not torch.allclose(student_maps(first.model, queries, (64, 64)), student_maps(second.model, queries, (64, 64)))
     assert not torch.allclose(first.bank.patches, second.bank.patches)

@@ -13,7 +13,6 @@ mean over the K supports; the map is the sum of both maps in the same units.  Bo
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
@@ -27,7 +26,8 @@ from medad.models.support_scoring import (SupportBank, SupportScoring, SupportSc
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps
 
 __all__ = ["AdaptedStudentConfig", "AdaptedStudentScoring", "AdaptedSupports", "adapt_student",
-           "train_generic_student", "student_maps"]
+           "train_generic_student", "student_maps",
+           "teacher_features"]
 
 #: Adam's betas for generic training and adaptation (RD4AD's)
 BETAS = (0.5, 0.999)
@@ -104,11 +104,18 @@ def adapt_student(teacher: Teacher, state: dict[str, torch.Tensor], view_feature
 
 
 @torch.no_grad()
-def student_maps(model: RD4AD, teacher_features: list[torch.Tensor], image_size: tuple[int, int],
+def teacher_features(teacher: Teacher, images: torch.Tensor, batch_size: int = 32) -> list[torch.Tensor]:
+    """The teacher's per-stage features of images, computed in batches."""
+    parts = [teacher(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return [torch.cat(stage) for stage in zip(*parts, strict=True)]
+
+
+@torch.no_grad()
+def student_maps(model: RD4AD, features: list[torch.Tensor], image_size: tuple[int, int],
                  sigma: float = DEFAULT_SIGMA, batch_size: int = 32) -> torch.Tensor:
     """Smoothed student maps ``B×H×W`` of images whose teacher features are given (computed in batches)."""
-    return torch.cat([anomaly_maps(model.distance_maps([f[i:i + batch_size] for f in teacher_features]), image_size,
-                                   sigma) for i in range(0, len(teacher_features[0]), batch_size)])
+    return torch.cat([anomaly_maps(model.distance_maps([f[i:i + batch_size] for f in features]), image_size, sigma)
+                      for i in range(0, len(features[0]), batch_size)])
 
 
 @dataclass
@@ -132,16 +139,10 @@ class AdaptedStudentScoring:
         self.config = config or AdaptedStudentConfig()
         self.support_scoring = SupportScoring(teacher, self.config.support)
 
-    @torch.no_grad()
-    def teacher_features(self, images: torch.Tensor, batch_size: int = 32) -> list[torch.Tensor]:
-        """The teacher's per-stage features of images, computed in batches."""
-        parts = [self.teacher(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
-        return [torch.cat(stage) for stage in zip(*parts, strict=True)]
-
     def prepare_supports(self, support_images: torch.Tensor, seed: int = 0) -> AdaptedSupports:
         """The student adapted to the supports' views, its scale (mean score over the K supports) and the bank."""
         views = augment_supports(support_images, self.config.support.augment)
-        view_features = self.teacher_features(views)
+        view_features = teacher_features(self.teacher, views)
         model = adapt_student(self.teacher, self.generic_state, view_features, self.config.steps,
                               self.config.learning_rate, seed)
         k = len(support_images)
@@ -152,20 +153,17 @@ class AdaptedStudentScoring:
         return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank)
 
     @torch.no_grad()
-    def score_features(self, teacher_features: list[torch.Tensor], supports: AdaptedSupports,
-                       image_size: tuple[int, int], support_maps: torch.Tensor | None = None
+    def score_features(self, features: list[torch.Tensor], supports: AdaptedSupports, image_size: tuple[int, int]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Maps ``B×H×W`` and image scores ``B`` of queries from their teacher features (``support_maps``: their
-        support-scoring maps against ``supports.bank`` in leave-one-out units, when already computed)."""
-        if support_maps is None:
-            queries = SupportScoring.encoding_from_teacher(teacher_features, image_size)
-            support_maps = self.support_scoring.score_terms(queries, supports.bank)[0]
-        maps = student_maps(supports.model, teacher_features, image_size) / supports.student_scale
+        """Maps ``B×H×W`` and image scores ``B`` of queries from their teacher ``features``."""
+        queries = SupportScoring.encoding_from_teacher(features, image_size)
+        support_maps = self.support_scoring.score_terms(queries, supports.bank)[0]
+        maps = student_maps(supports.model, features, image_size) / supports.student_scale
         scores = (reduce_map(support_maps, self.config.support.score)
                   + self.config.weight * reduce_map(maps, self.config.score))
         return support_maps + self.config.weight * maps, scores
 
     def predict(self, images: torch.Tensor, supports: AdaptedSupports) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and scores of [0, 1] images against prepared supports."""
-        return self.score_features(self.teacher_features(images), supports, tuple(images.shape[-2:]))
+        return self.score_features(teacher_features(self.teacher, images), supports, tuple(images.shape[-2:]))
 
