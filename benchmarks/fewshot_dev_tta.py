@@ -10,7 +10,7 @@ The pool, draws and subsamples are those of ``benchmarks/fewshot_dev_research.py
 2 draws of seed 0, at most 100 images per task), at EfficientNet-Lite0, 128 px.
 
 Inner leave-one-task-out.  A generic RD4AD student (``medad.models.adapted_student.train_generic_student``) is
-trained for each task of the pool on the training normals of the *other* sources (``SOURCES``: ``PER_SOURCE`` images
+trained for each task of the pool on the training normals of the *other* sources (``RECIPE``: ``per_source`` images
 of each, evenly spaced, and their horizontal flips), never on the task's own source; brain_tumor and brainmri count
 as one source (brainmri's images are re-processed copies of brain_tumor's).  Every source image with a near-copy
 among the task's evaluation images is dropped too (``medad.data.near_duplicates``), and the counts are recorded.
@@ -23,13 +23,16 @@ Rows, each compared with PatchCore-K on the same supports:
 
 The rule for a fourth look at the test folds, written before this benchmark was run (``docs/METHODS.md``): some row
 that uses the supports beats PatchCore-K by at least 3 points of mean image AUROC over the pool, with no task more
-than 1 point below it.
+than 1 point below it.  Once every task is done, the rule is applied (``select``) and its outcome saved as the JSON's
+``selection``: the chosen row, its scorer's config and the generic students' recipe, which
+``benchmarks/fewshot_loo.py`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import time
 from pathlib import Path
 
@@ -41,27 +44,24 @@ from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
 from medad.data.images import load_images
-from medad.data.near_duplicates import drop_near_duplicates
 from medad.data.tasks import Sample, load_task
 from medad.engine.fewshot import draw_supports
+from medad.engine.generic_student import GenericStudentRecipe, train_generic_student_on
 from medad.io_utils import atomic_path
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, student_maps,
-                                          teacher_features, train_generic_student)
+                                          teacher_features)
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
 TEACHER, IMAGE_SIZE = "efficientnet_lite0", 128
-SOURCES = ["acrima", "isic", "mias", "zhanglab", "nih_cxr", "brain_tumor", "brats_slices", "headct", "brainmri"]
-#: pool task → the sources its generic student never sees
-OWN_SOURCES = {"acrima": {"acrima"}, "isic": {"isic"}, "mias": {"mias"}, "zhanglab": {"zhanglab"},
-               "nih_cxr": {"nih_cxr"}, "brain_tumor": {"brain_tumor", "brainmri"},
-               "brain_tumor_pituitary": {"brain_tumor", "brainmri"}, "brats_slices": {"brats_slices"},
-               "headct_synthetic": {"headct"}, "brainmri_synthetic": {"brain_tumor", "brainmri"}}
-PER_SOURCE = 150
-GENERIC_STEPS = 1500
+RECIPE = GenericStudentRecipe(sources=("acrima", "isic", "mias", "zhanglab", "nih_cxr", "brain_tumor", "brats_slices",
+                                       "headct", "brainmri"), teacher=TEACHER, image_size=IMAGE_SIZE,
+                              per_source=150, steps=1500)
 STEPS = (0, 50, 150)
 WEIGHTS = (0.25, 0.5, 1.0)
 GUARD, MARGIN = 1.0, 3.0
+#: rows that do not use the supports
+NOT_CANDIDATES = {"patchcore", "student[0]"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -72,24 +72,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--name", default="fewshot_dev_tta")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
     return parser.parse_args()
-
-
-def source_samples(source: str) -> list[Sample]:
-    """``PER_SOURCE`` training normals of a source, evenly spaced."""
-    train = load_task(source).train
-    return train[::max(1, len(train) // PER_SOURCE)][:PER_SOURCE]
-
-
-def source_features(source: str, teacher, cache: Path) -> list[torch.Tensor]:
-    """The teacher features (float16) of a source's images followed by their horizontal flips, cached."""
-    path = cache / f"{source}.pt"
-    if path.is_file():
-        return torch.load(path)
-    images, _ = load_images(source_samples(source), IMAGE_SIZE, desc=source)
-    features = [stage.half() for stage in teacher_features(teacher, torch.cat([images, images.flip(-1)]))]
-    with atomic_path(path) as tmp:
-        torch.save(features, tmp)
-    return features
 
 
 def evaluation_samples(task: str, args: argparse.Namespace) -> list[Sample]:
@@ -103,24 +85,13 @@ def evaluation_samples(task: str, args: argparse.Namespace) -> list[Sample]:
 def generic_student(task: str, teacher, args: argparse.Namespace, results: BenchmarkResults
                     ) -> dict[str, torch.Tensor]:
     """The generic student of a pool task (module doc), cached; the near-copies dropped go into ``results``."""
-    cache = Path(args.cache)
-    path = cache / f"student_without_{task}.pt"
+    path = Path(args.cache) / f"student_without_{task}.pt"
     if path.is_file():
         return torch.load(path)
-    evaluation = evaluation_samples(task, args)
-    parts, dropped = [], {}
-    for source in SOURCES:
-        if source in OWN_SOURCES[task]:
-            continue
-        samples = source_samples(source)
-        kept, removed = drop_near_duplicates(samples, evaluation, why=f"{task} evaluation")
-        keep = torch.tensor([s in kept for s in samples])
-        features = source_features(source, teacher, cache)
-        parts.append([stage[torch.cat([keep, keep])] for stage in features])
-        dropped[source] = len(removed)
-    features = [torch.cat(stage) for stage in zip(*parts, strict=True)]
-    state = train_generic_student(teacher, features, GENERIC_STEPS, seed=0)
-    results.data["tta"]["generic"][task] = {"images": len(features[0]), "dropped_near_copies": dropped}
+    state, trained_on = train_generic_student_on(teacher, RECIPE, task, evaluation_samples(task, args), seed=0,
+                                                 cache=Path(args.cache))
+    results.data["tta"]["generic"][task] = {"images": trained_on["images"],
+                                            "dropped_near_copies": trained_on["dropped_near_copies"]}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return state
@@ -166,6 +137,38 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
                        support_term + weight * student_term)
 
 
+def row_config(row: str) -> AdaptedStudentConfig:
+    """The scorer a candidate row stands for."""
+    if row == "views+top1":
+        return AdaptedStudentConfig(steps=0, weight=0.0)
+    match = re.fullmatch(r"views\+top1\+student\[(\d+),([\d.]+)\]", row)
+    if match is None:
+        raise ValueError(f"row {row} has no support term: medad has no scorer for it")
+    return AdaptedStudentConfig(steps=int(match[1]), weight=float(match[2]))
+
+
+def select(records: list[dict]) -> dict:
+    """The pre-stated rule (module doc) applied to the complete pool: the best guarded candidate, and whether it beats
+    PatchCore-K by ``MARGIN`` points."""
+    rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
+    base = rows["patchcore"]
+    candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
+                        "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
+                  for row, r in rows.items() if row not in NOT_CANDIDATES}
+    guarded = {row: c for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD}
+    chosen = max(guarded, key=lambda row: guarded[row]["mean"]) if guarded else None
+    met = chosen is not None and guarded[chosen]["difference"] >= MARGIN
+    selection = {"rule": f"among rows using the supports with no pool task more than {GUARD:g} point below "
+                         f"PatchCore-K, the best mean image AUROC; a fourth look at the test folds only if it beats "
+                         f"PatchCore-K's mean by at least {MARGIN:g} points",
+                 "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen, "met": met,
+                 "teacher": TEACHER, "image_size": IMAGE_SIZE, "recipe": RECIPE.as_dict()}
+    if met:
+        selection["config"] = row_config(chosen).as_dict()
+        selection["scorer"] = row_config(chosen).name
+    return selection
+
+
 def markdown(data: dict) -> str:
     tta = data["tta"]
     rows = summary(data["records"])[f"lite0@{IMAGE_SIZE}"]
@@ -183,6 +186,15 @@ def markdown(data: dict) -> str:
         guard = "✓" if all(row["tasks"][t] >= base["tasks"][t] - GUARD for t in base["tasks"]) else "✗"
         lines.append(f"| {method} | {guard} | {row['mean']:.2f} | {row['mean'] - base['mean']:+.2f} | "
                      + " | ".join(f"{row['tasks'][t]:.1f}" if t in row["tasks"] else "—" for t in POOL) + " |")
+    selection = data.get("selection")
+    if selection:
+        chosen = selection["chosen"]
+        lines += ["", "## The pre-stated rule", "", f"Rule: {selection['rule']}.", "",
+                  (f"Chosen: `{chosen}`, {selection['candidates'][chosen]['difference']:+.2f} points over PatchCore-K "
+                   f"(worst task {selection['candidates'][chosen]['worst_task_difference']:+.1f}) → "
+                   + ("**met**: the fourth look at the test folds is `benchmarks/fewshot_loo.py` with "
+                      f"`{selection['scorer']}`" if selection["met"] else "**not met**: the test folds are not read")
+                   if chosen else "No candidate passes the guard → **not met**: the test folds are not read")]
     lines += ["", "Generic students (images seen, near-copies of the task's evaluation images dropped per source):", ""]
     lines += [f"- {task}: {g['images']} images; dropped "
               + (", ".join(f"{s} {n}" for s, n in g["dropped_near_copies"].items() if n) or "none")
@@ -197,8 +209,8 @@ def main() -> int:
     if not args.markdown_only:
         torch.manual_seed(0)
         results.data.setdefault("tta", {"k": args.k, "draws": args.draws, "seeds": args.seeds,
-                                        "generic_steps": GENERIC_STEPS, "per_source": PER_SOURCE, "steps": list(STEPS),
-                                        "weights": list(WEIGHTS), "generic": {}, "seconds": {}})
+                                        "generic_steps": RECIPE.steps, "per_source": RECIPE.per_source,
+                                        "steps": list(STEPS), "weights": list(WEIGHTS), "generic": {}, "seconds": {}})
         teacher = build_teacher(TEACHER)
         for task in args.tasks:
             if results.has(task=task):
@@ -208,6 +220,9 @@ def main() -> int:
             results.data["tta"]["seconds"][task] = time.time() - start
             results.save()
             print(f"{task}: done", flush=True)
+    if all(results.has(task=task) for task in POOL):
+        results.data["selection"] = select(results.records)
+        results.save()
     results.write_markdown(markdown(results.data))
     return 0
 

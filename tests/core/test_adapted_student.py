@@ -82,3 +82,9 @@ def test_both_terms_change_when_the_supports_change(teacher, generic_state):
 def test_config_rejects_bad_options(bad):
     with pytest.raises(ValueError):
         AdaptedStudentConfig(**bad)
+
+
+def test_config_round_trips_through_a_dict():
+    config = AdaptedStudentConfig(steps=150, weight=0.25)
+    again = AdaptedStudentConfig.from_dict(config.as_dict())
+    assert again == config and again.name == config.name

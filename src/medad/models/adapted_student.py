@@ -61,6 +61,11 @@ class AdaptedStudentConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, options: dict) -> AdaptedStudentConfig:
+        """The config :meth:`as_dict` wrote."""
+        return cls(**{**options, "support": SupportScoringConfig(**options["support"])})
+
 
 def _batches(features: list[torch.Tensor], batch_size: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
     """Endless random batches (with replacement) of rows of per-stage teacher features."""
