@@ -3,8 +3,8 @@ support scoring, on the widened development pool (no test split of a reported fo
 
 Regenerate:  python benchmarks/fewshot_dev_tta.py
 Writes benchmarks/results/fewshot_dev_tta.json (+ .md).  Resumable: teacher features and generic students are cached
-under benchmarks/.cache/fewshot_dev_tta/, and each task's records are saved when done; ``--tasks`` splits the work
-between processes.
+under benchmarks/.cache/fewshot_dev_tta/, and each task's records are saved per family of rows (``FAMILIES``);
+``--tasks`` splits the work between processes.
 
 The pool, draws and subsamples are those of ``benchmarks/fewshot_dev_research.py`` (its 10 tasks, K ∈ {2, 4, 8},
 2 draws of seed 0, at most 100 images per task), at EfficientNet-Lite0, 128 px.
@@ -19,7 +19,11 @@ Rows, each compared with PatchCore-K on the same supports:
 * ``views+top1``: support scoring with the supports' flips and rotations and the top-1 % score (the support term);
 * ``student[S]``: the student alone, fine-tuned for S steps on the support views (S = 0: the generic student, which
   ignores the supports; not a candidate);
-* ``views+top1+student[S,w]``: the support term plus w times the student term (``AdaptedStudentScoring``).
+* ``views+top1+student[S,w]``: the support term plus w times the student term (``AdaptedStudentScoring``);
+* ``student[S,held_out]``, ``views+top1+student[S,w,held_out]``: the same with the student term in held-out units
+  (each support scored by a student adapted to the other K − 1; ``student_scale="held_out"``), so that a student
+  that does not generalise across a task's normals counts for less.  This family was added after the others had
+  been run and read (round 4b, ``docs/METHODS.md``).
 
 The rule for a fourth look at the test folds, written before this benchmark was run (``docs/METHODS.md``): some row
 that uses the supports beats PatchCore-K by at least 3 points of mean image AUROC over the pool, with no task more
@@ -57,11 +61,12 @@ TEACHER, IMAGE_SIZE = "efficientnet_lite0", 128
 RECIPE = GenericStudentRecipe(sources=("acrima", "isic", "mias", "zhanglab", "nih_cxr", "brain_tumor", "brats_slices",
                                        "headct", "brainmri"), teacher=TEACHER, image_size=IMAGE_SIZE,
                               per_source=150, steps=1500)
-STEPS = (0, 50, 150)
+#: (fine-tuning steps, student unit) of each family of rows; the held-out family was added after the others were run
+FAMILIES = ((0, "supports"), (50, "supports"), (150, "supports"), (50, "held_out"))
 WEIGHTS = (0.25, 0.5, 1.0)
 GUARD, MARGIN = 1.0, 3.0
 #: rows that do not use the supports
-NOT_CANDIDATES = {"patchcore", "student[0]"}
+NOT_CANDIDATES = {"patchcore", "student[0]", "student[0,held_out]"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,12 +110,24 @@ def record(results: BenchmarkResults, row: str, task: str, key: tuple[int, int, 
                             "features": f"lite0@{IMAGE_SIZE}", "image_auroc": float(roc_auc_score(labels, scores.numpy()))})
 
 
+def row_tag(steps: int, unit: str) -> str:
+    """``S`` or ``S,held_out``: the steps and (unless "supports") the student unit of a family of rows."""
+    return f"{steps}" if unit == "supports" else f"{steps},{unit}"
+
+
+def family_done(results: BenchmarkResults, task: str, steps: int, unit: str) -> bool:
+    return results.has(task=task, method=f"student[{row_tag(steps, unit)}]")
+
+
 def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Namespace) -> None:
-    """Every row of one pool task, added to ``results``."""
+    """The rows of one pool task that ``results`` lacks (by family: ``FAMILIES``), added to it."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     state = generic_student(task, teacher, args, results)
-    scorers = {steps: AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=steps)) for steps in STEPS}
+    scorers = {(steps, unit): AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=steps,
+                                                                                         student_scale=unit))
+               for steps, unit in FAMILIES if not family_done(results, task, steps, unit)}
+    with_baselines = not results.has(task=task, method="patchcore")
     pool, images, labels = task_images(task, args, IMAGE_SIZE)
     features = teacher_features(teacher, images)
     image_size = tuple(images.shape[-2:])
@@ -120,31 +137,35 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
         seed, k, draw = key
         supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
                                   workers=0)
-        record(results, "patchcore", task, key, labels,
-               patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1])
-        support_maps = None
-        for steps, scorer in scorers.items():
+        if with_baselines:
+            record(results, "patchcore", task, key, labels,
+                   patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1])
+        support_term = None
+        for (steps, unit), scorer in scorers.items():
             prepared = scorer.prepare_supports(supports, seed=draw)
-            if support_maps is None:
-                support_maps = scorer.support_scoring.score_terms(queries, prepared.bank)[0]
-                support_term = reduce_map(support_maps, scorer.config.support.score)
-                record(results, "views+top1", task, key, labels, support_term)
+            if support_term is None:
+                support_term = reduce_map(scorer.support_scoring.score_terms(queries, prepared.bank)[0],
+                                          scorer.config.support.score)
+                if with_baselines:
+                    record(results, "views+top1", task, key, labels, support_term)
             student_term = reduce_map(student_maps(prepared.model, features, image_size) / prepared.student_scale,
                                       scorer.config.score)
-            record(results, f"student[{steps}]", task, key, labels, student_term)
+            tag = row_tag(steps, unit)
+            record(results, f"student[{tag}]", task, key, labels, student_term)
             for weight in WEIGHTS:
-                record(results, f"views+top1+student[{steps},{weight:g}]", task, key, labels,
-                       support_term + weight * student_term)
+                record(results, "views+top1+student[" + tag.replace(f"{steps}", f"{steps},{weight:g}", 1) + "]",
+                       task, key, labels, support_term + weight * student_term)
 
 
 def row_config(row: str) -> AdaptedStudentConfig:
     """The scorer a candidate row stands for."""
     if row == "views+top1":
         return AdaptedStudentConfig(steps=0, weight=0.0)
-    match = re.fullmatch(r"views\+top1\+student\[(\d+),([\d.]+)\]", row)
+    match = re.fullmatch(r"views\+top1\+student\[(\d+),([\d.]+)(,held_out)?\]", row)
     if match is None:
         raise ValueError(f"row {row} has no support term: medad has no scorer for it")
-    return AdaptedStudentConfig(steps=int(match[1]), weight=float(match[2]))
+    return AdaptedStudentConfig(steps=int(match[1]), weight=float(match[2]),
+                                student_scale="held_out" if match[3] else "supports")
 
 
 def select(records: list[dict]) -> dict:
@@ -210,17 +231,19 @@ def main() -> int:
         torch.manual_seed(0)
         results.data.setdefault("tta", {"k": args.k, "draws": args.draws, "seeds": args.seeds,
                                         "generic_steps": RECIPE.steps, "per_source": RECIPE.per_source,
-                                        "steps": list(STEPS), "weights": list(WEIGHTS), "generic": {}, "seconds": {}})
+                                        "weights": list(WEIGHTS), "generic": {}, "seconds": {}})
+        results.data["tta"]["families"] = [list(family) for family in FAMILIES]
         teacher = build_teacher(TEACHER)
         for task in args.tasks:
-            if results.has(task=task):
+            if all(family_done(results, task, steps, unit) for steps, unit in FAMILIES):
                 continue
             start = time.time()
             run_task(results, teacher, task, args)
-            results.data["tta"]["seconds"][task] = time.time() - start
+            seconds = results.data["tta"]["seconds"]
+            seconds[task] = seconds.get(task, 0.0) + time.time() - start
             results.save()
             print(f"{task}: done", flush=True)
-    if all(results.has(task=task) for task in POOL):
+    if all(family_done(results, task, steps, unit) for task in POOL for steps, unit in FAMILIES):
         results.data["selection"] = select(results.records)
         results.save()
     results.write_markdown(markdown(results.data))

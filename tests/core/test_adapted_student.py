@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from medad.backbones import build_teacher
-from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps,
-                                          teacher_features, train_generic_student)
+from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentFewShot, AdaptedStudentScoring,
+                                          TeacherQueries, adapt_student, student_maps, teacher_features,
+                                          train_generic_student)
 from medad.models.rd4ad import RD4AD
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
+from medad.models.support_scoring import SupportScoring, SupportScoringConfig, augment_supports, reduce_map
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,50 @@ def test_config_round_trips_through_a_dict():
     config = AdaptedStudentConfig(steps=150, weight=0.25)
     again = AdaptedStudentConfig.from_dict(config.as_dict())
     assert again == config and again.name == config.name
+
+
+def test_fewshot_wrapper_scores_like_the_scorer_and_its_supports_round_trip(teacher, generic_state):
+    model = AdaptedStudentFewShot(teacher, generic_state, AdaptedStudentConfig(steps=2))
+    supports, queries = _images(0, 3), _images(1, 5)
+    prepared = model.prepare_supports(supports)
+    maps, scores = model.predict(queries, prepared)
+    _, expected = model.scorer.predict(queries, model.scorer.prepare_supports(supports))
+    assert torch.allclose(scores, expected, rtol=1e-5, atol=1e-6)  # adaptation is seeded: same supports, same student
+    # queries encoded in two parts and concatenated score as one batch
+    encoded = TeacherQueries.concat([model.encode_queries(queries[:2]), model.encode_queries(queries[2:])])
+    assert len(encoded) == 5 and torch.allclose(model.score_encoded(encoded[1:4], prepared)[1], scores[1:4], atol=1e-5)
+    # the support cache's tensors give back the same scores
+    restored = model.supports_from_tensors({k: v.clone() for k, v in prepared.to_tensors().items()})
+    assert torch.allclose(model.predict(queries, restored)[1], scores, atol=1e-5)
+    assert maps.shape == (5, 64, 64) and model.meta()["method"] == "adapted_student"
+
+
+def test_fewshot_wrapper_rejects_empty_and_non_finite_supports(teacher, generic_state):
+    model = AdaptedStudentFewShot(teacher, generic_state, AdaptedStudentConfig(steps=1))
+    with pytest.raises(ValueError, match="at least one"):
+        model.prepare_supports(_images(0, 3)[:0])
+    bad = _images(0, 2)
+    bad[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError):
+        model.prepare_supports(bad)
+
+
+def test_held_out_scale_scores_each_support_by_a_student_adapted_to_the_others(teacher, generic_state):
+    supports = _images(0, 3)
+    # without adaptation every student is the generic one: both units agree
+    plain = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=0))
+    held = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=0, student_scale="held_out"))
+    assert held.prepare_supports(supports).student_scale == pytest.approx(plain.prepare_supports(supports).student_scale)
+    # adapted, the held-out unit is each support's score by a student that never saw it
+    config = AdaptedStudentConfig(steps=6, learning_rate=1e-2, student_scale="held_out")
+    scorer = AdaptedStudentScoring(teacher, generic_state, config)
+    views = teacher_features(teacher, augment_supports(supports, config.support.augment))
+    owner = torch.arange(3).repeat(4)
+    expected = []
+    for i in range(3):
+        model = adapt_student(teacher, generic_state, [v[owner != i] for v in views], 6, 1e-2)
+        expected.append(float(reduce_map(student_maps(model, [v[i:i + 1] for v in views], (64, 64)), "top1")))
+    assert scorer.prepare_supports(supports).student_scale == pytest.approx(sum(expected) / 3, rel=1e-4)
+    assert "scale=held_out" in config.name and "scale" not in AdaptedStudentConfig().name
+    with pytest.raises(ValueError, match="student_scale"):
+        AdaptedStudentConfig(student_scale="loo")

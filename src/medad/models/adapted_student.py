@@ -17,20 +17,22 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from medad.backbones.base import Teacher
-from medad.models.rd4ad import RD4AD
+from medad.models.rd4ad import RD4AD, check_finite
 from medad.models.support_scoring import (SupportBank, SupportScoring, SupportScoringConfig,
                                           augment_supports, reduce_map)
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps
 
-__all__ = ["AdaptedStudentConfig", "AdaptedStudentScoring", "AdaptedSupports", "adapt_student",
-           "train_generic_student", "student_maps",
-           "teacher_features"]
+__all__ = ["AdaptedStudentConfig", "AdaptedStudentFewShot", "AdaptedStudentScoring", "AdaptedSupports",
+           "TeacherQueries", "adapt_student", "student_maps", "teacher_features", "train_generic_student"]
 
 #: Adam's betas for generic training and adaptation (RD4AD's)
 BETAS = (0.5, 0.999)
+#: units of the student term (:class:`AdaptedStudentConfig`)
+STUDENT_SCALES = ("supports", "held_out")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class AdaptedStudentConfig:
     learning_rate: float = 1e-3
     weight: float = 0.5
     score: str = "top1"
+    #: the student term's unit: its mean over the K supports it was adapted on ("supports"), or over each support
+    #: scored by a student adapted to the other K − 1 ("held_out"; K more adaptations, K = 1 falls back to "supports")
+    student_scale: str = "supports"
     support: SupportScoringConfig = field(default_factory=lambda: SupportScoringConfig(augment="flip+rotate",
                                                                                       score="top1"))
 
@@ -50,13 +55,16 @@ class AdaptedStudentConfig:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
         if self.weight < 0:
             raise ValueError(f"weight must be ≥ 0, got {self.weight}")
+        if self.student_scale not in STUDENT_SCALES:
+            raise ValueError(f"student_scale must be one of {', '.join(STUDENT_SCALES)}, got {self.student_scale!r}")
         if self.support.global_weight or self.support.positional:
             raise ValueError("the support term of an adapted student takes neither a whole-image term nor a "
                              "positional normalisation")
 
     @property
     def name(self) -> str:
-        return f"{self.support.name}+student[steps={self.steps},w={self.weight:g}]"
+        scale = "" if self.student_scale == "supports" else f",scale={self.student_scale}"
+        return f"{self.support.name}+student[steps={self.steps},w={self.weight:g}{scale}]"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -131,6 +139,30 @@ class AdaptedSupports:
     student_scale: float
     bank: SupportBank
 
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        """Named tensors (the support cache): the adapted student's state, its scale and the bank."""
+        return {**{f"student.{key}": value.contiguous() for key, value in self.model.student.state_dict().items()},
+                "student_scale": torch.tensor([self.student_scale]),
+                **{f"bank.{key}": value for key, value in self.bank.to_tensors().items()}}
+
+
+@dataclass
+class TeacherQueries:
+    """Queries as their teacher features (one tensor per stage) and image size: what both terms are computed from."""
+
+    features: list[torch.Tensor]
+    image_size: tuple[int, int]
+
+    def __getitem__(self, rows) -> TeacherQueries:
+        return TeacherQueries([stage[rows] for stage in self.features], self.image_size)
+
+    def __len__(self) -> int:
+        return len(self.features[0])
+
+    @classmethod
+    def concat(cls, parts: list[TeacherQueries]) -> TeacherQueries:
+        return cls([torch.cat(stage) for stage in zip(*(p.features for p in parts), strict=True)], parts[0].image_size)
+
 
 class AdaptedStudentScoring:
     """K-shot scoring by a generic student adapted to the supports, added to support scoring (module doc)."""
@@ -150,12 +182,27 @@ class AdaptedStudentScoring:
         view_features = teacher_features(self.teacher, views)
         model = adapt_student(self.teacher, self.generic_state, view_features, self.config.steps,
                               self.config.learning_rate, seed)
-        k = len(support_images)
+        k, image_size = len(support_images), tuple(support_images.shape[-2:])
         originals = [stage[:k] for stage in view_features]
-        scale = reduce_map(student_maps(model, originals, tuple(support_images.shape[-2:])), self.config.score)
-        bank = self.support_scoring.bank_from_views(
-            SupportScoring.encoding_from_teacher(view_features, tuple(support_images.shape[-2:])), k)
+        if self.config.student_scale == "held_out" and k > 1:
+            scale = self._held_out_scores(view_features, k, image_size, seed)
+        else:
+            scale = reduce_map(student_maps(model, originals, image_size), self.config.score)
+        bank = self.support_scoring.bank_from_views(SupportScoring.encoding_from_teacher(view_features, image_size), k)
         return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank)
+
+    def _held_out_scores(self, view_features: list[torch.Tensor], k: int, image_size: tuple[int, int], seed: int
+                         ) -> torch.Tensor:
+        """Each support's student score, by a student adapted to the views of the other K − 1 supports."""
+        owner = torch.arange(k).repeat(len(view_features[0]) // k)
+        scores = []
+        for held_out in range(k):
+            others = [stage[owner != held_out] for stage in view_features]
+            model = adapt_student(self.teacher, self.generic_state, others, self.config.steps,
+                                  self.config.learning_rate, seed)
+            own = [stage[held_out:held_out + 1] for stage in view_features]
+            scores.append(reduce_map(student_maps(model, own, image_size), self.config.score))
+        return torch.cat(scores)
 
     @torch.no_grad()
     def score_features(self, features: list[torch.Tensor], supports: AdaptedSupports, image_size: tuple[int, int]
@@ -172,3 +219,55 @@ class AdaptedStudentScoring:
         """Maps and scores of [0, 1] images against prepared supports."""
         return self.score_features(teacher_features(self.teacher, images), supports, tuple(images.shape[-2:]))
 
+
+
+class AdaptedStudentFewShot(nn.Module):
+    """:class:`AdaptedStudentScoring` behind the few-shot models' interface (``prepare_supports``,
+    ``encode_queries``, ``score_encoded``, ``predict``), for the commands and the web app."""
+
+    method = "adapted_student"
+
+    def __init__(self, teacher: Teacher, generic_state: dict[str, torch.Tensor],
+                 config: AdaptedStudentConfig | None = None) -> None:
+        super().__init__()
+        self.teacher = teacher
+        self.scorer = AdaptedStudentScoring(teacher, generic_state, config)
+
+    @property
+    def config(self) -> AdaptedStudentConfig:
+        return self.scorer.config
+
+    def meta(self) -> dict:
+        return {"method": self.method, "teacher": self.teacher.name, "config": self.config.as_dict()}
+
+    def prepare_supports(self, support_images: torch.Tensor) -> AdaptedSupports:
+        """The student adapted to these supports (seeded: the same supports give the same student)."""
+        if len(support_images) < 1:
+            raise ValueError("at least one support image is needed")
+        check_finite(support_images)
+        return self.scorer.prepare_supports(support_images)
+
+    def supports_from_tensors(self, tensors: dict[str, torch.Tensor]) -> AdaptedSupports:
+        """Supports saved with :meth:`AdaptedSupports.to_tensors`."""
+        model = RD4AD(self.teacher)
+        model.student.load_state_dict({key[len("student."):]: value for key, value in tensors.items()
+                                       if key.startswith("student.")})
+        bank = SupportBank.from_tensors({key[len("bank."):]: value for key, value in tensors.items()
+                                         if key.startswith("bank.")})
+        return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank)
+
+    @torch.no_grad()
+    def encode_queries(self, images: torch.Tensor) -> TeacherQueries:
+        check_finite(images)
+        return TeacherQueries(teacher_features(self.teacher, images), tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def score_encoded(self, queries: TeacherQueries, supports: AdaptedSupports
+                      ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        maps, scores = self.scorer.score_features(queries.features, supports, queries.image_size)
+        return maps, scores, []
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, supports: AdaptedSupports) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, scores, _ = self.score_encoded(self.encode_queries(images), supports)
+        return maps, scores
