@@ -44,6 +44,10 @@ def test_adaptation_lowers_the_loss_on_the_supports(teacher, generic_state):
     views = teacher_features(teacher, _images(0, 4))
     before = adapt_student(teacher, generic_state, views, steps=0, learning_rate=1e-3)
     after = adapt_student(teacher, generic_state, views, steps=8, learning_rate=1e-3)
+    with torch.no_grad():  # the commands score under no_grad: adaptation must still train
+        again = adapt_student(teacher, generic_state, views, steps=8, learning_rate=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(after.student.state_dict().values(),
+                                                 again.student.state_dict().values(), strict=True))
     with torch.no_grad():
         assert after.loss(views) < before.loss(views)
     # the generic state itself is left untouched

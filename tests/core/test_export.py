@@ -115,3 +115,5 @@ def test_export_refuses_bad_requests_in_one_line(rd4ad_checkpoint, phantom_head,
     out.write_bytes(b"earlier")
     assert main(["export", "--checkpoint", str(rd4ad_checkpoint), "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"earlier"
+    assert main(["export", "--method", "adapted_student", "--out", str(tmp_path / "a.onnx")]) == 2
+    assert "no fixed graph to export" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Few-shot commands without a checkpoint: the bundled model by default, training-free PatchCore-K with
-``--method patchcore``, another model with ``--checkpoint`` (a run folder, a demo folder or a file)."""
+``--method patchcore``, the bundled generic student adapted to the references with ``--method adapted_student``,
+another model with ``--checkpoint`` (a run folder, a demo folder or a file)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from medad.checkpoints import MODEL_FILE
 from medad.cli.main import main
 from medad.engine.run_folder import DEMO_MODEL_DIR
 from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, checkpoint_file, load_scorer
-from medad.pretrained import BUNDLED_NAME
+from medad.pretrained import BUNDLED_NAME, GENERIC_NAME, generic_student_checkpoint
 
 
 def _score(args: list[str], phantom_chest, out) -> dict[str, float]:
@@ -100,3 +101,18 @@ def test_the_web_app_imports_nothing_from_the_cli():
             "print(sorted(m for m in sys.modules if m.startswith('medad.cli')))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
+
+
+def test_adapted_student_scores_with_the_bundled_generic_student_and_caches_its_supports(phantom_chest, tmp_path,
+                                                                                          capsys):
+    adapted = _score(["--method", "adapted_student"], phantom_chest, tmp_path / "adapted")
+    assert GENERIC_NAME in capsys.readouterr().out
+    record = json.loads((tmp_path / "adapted/scores.json").read_text())
+    assert record["checkpoint"]["method"] == "adapted_student" and record["checkpoint"]["name"].startswith(GENERIC_NAME)
+    patchcore = _score(["--method", "patchcore"], phantom_chest, tmp_path / "patchcore")
+    assert adapted.keys() == patchcore.keys() and adapted != patchcore
+    # the second run reads the adapted student from the support cache and scores the same
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert _score(["--method", "adapted_student"], phantom_chest, tmp_path / "again") == pytest.approx(adapted, abs=1e-5)
+    # the bundled student's file, given as a checkpoint, is recognised by its method
+    assert load_scorer(None, generic_student_checkpoint()).meta["method"] == "adapted_student"

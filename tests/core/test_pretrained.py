@@ -16,7 +16,9 @@ from medad.data.samples import Sample
 from medad.engine.scorers import load_scorer
 from medad.models.d24fad_nn import D24FADNNConfig
 from medad.models.registry import method_info
-from medad.pretrained import CARD_MD, HELD_OUT_TASK, bundled_checkpoint, file_sha256, model_card
+from medad.models.adapted_student import AdaptedStudentConfig
+from medad.pretrained import (CARD_MD, GENERIC_CARD_MD, HELD_OUT_TASK, bundled_checkpoint, file_sha256,
+                              generic_student_card, generic_student_checkpoint, model_card)
 
 
 def test_the_bundled_file_is_the_one_its_card_describes():
@@ -63,3 +65,34 @@ def test_the_bundled_model_reproduces_the_cards_scores_on_shared_images():
         _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))
     assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-4)
     assert max(reference["scores"]) - min(reference["scores"]) > 1e-2  # the comparison is not between constants
+
+
+def test_the_bundled_generic_student_is_the_one_its_card_describes():
+    card = generic_student_card()
+    path = generic_student_checkpoint()
+    assert file_sha256(path) == card["sha256"] and path.stat().st_size == card["file_bytes"]
+    state, meta = load_model(path, "adapted_student")
+    assert {tensor.dtype for tensor in state.values()} == {torch.float16}
+    assert meta["train_tasks"] == card["training"]["sources"] and HELD_OUT_TASK not in meta["train_tasks"]
+    assert meta["config"] == card["config"] and AdaptedStudentConfig.from_dict(meta["config"]).name == card["scorer"]
+    assert card["fp16_max_score_difference"] <= card["fp16_tolerance"] <= 1e-3
+    text = path.with_name(GENERIC_CARD_MD).read_text()
+    assert card["sha256"] in text and card["command"] in text and card["scorer"] in text
+
+
+def test_the_bundled_generic_student_reproduces_the_cards_scores_on_shared_images():
+    try:
+        root = data_root()
+    except FileNotFoundError:
+        pytest.skip("no shared data (../shared/data or $MEDAD_DATA_ROOT)")
+    reference = generic_student_card()["reference"]
+    if not all((root / p).is_file() for p in reference["support"] + reference["query"]):
+        pytest.skip("the shared data here lacks the card's reference images")
+    scorer = load_scorer("adapted_student")
+    supports = load_images([Sample(root / p, 0, "good") for p in reference["support"]], scorer.image_size, workers=0)[0]
+    queries = load_images([Sample(root / p, label, "query") for p, label in zip(reference["query"], reference["label"],
+                                                                                 strict=True)], scorer.image_size,
+                          workers=0)[0]
+    _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))
+    assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-3)
+    assert max(reference["scores"]) - min(reference["scores"]) > 1e-2

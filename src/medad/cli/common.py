@@ -105,7 +105,9 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
     """``--method`` and ``--checkpoint`` of a command that scores few-shot (see :mod:`medad.engine.scorers`)."""
     parser.add_argument("--method", choices=FEWSHOT_METHODS,
                         help="d24fad_nn: the learned few-shot model (medad's bundled one unless --checkpoint names "
-                             "another); patchcore: PatchCore-K on the teacher, training-free "
+                             "another); patchcore: PatchCore-K on the teacher, training-free; adapted_student: "
+                             "support scoring plus medad's bundled generic student fine-tuned on the references "
+                             "(stronger on focal lesions, slower: it trains a few seconds per reference set) "
                              f"(default: {DEFAULT_FEWSHOT_METHOD}, or the checkpoint's)")
     parser.add_argument("--checkpoint", help="another few-shot model: a run folder, a demo folder or a .safetensors "
                                              "file (default: the bundled model)")

@@ -28,7 +28,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "bakes the supports' features in; without it they are further inputs of the graph.")
     export.add_argument("--method", choices=FEWSHOT_METHODS,
                         help="without --checkpoint: d24fad_nn (medad's bundled few-shot model) or patchcore "
-                             f"(PatchCore-K on the teacher, training-free) (default: {DEFAULT_FEWSHOT_METHOD})")
+                             "(PatchCore-K on the teacher, training-free); adapted_student cannot be exported "
+                             f"(default: {DEFAULT_FEWSHOT_METHOD})")
     export.add_argument("--checkpoint", help="run folder, demo folder or model.safetensors, of any method (default: "
                                              "the bundled few-shot model, or --method)")
     export.add_argument("--format", choices=FORMATS, default="onnx", help="graph format")
@@ -59,6 +60,9 @@ def run_export(args: argparse.Namespace) -> int:
     RunFolder(out.parent, flag="--out").check_writable()
     if args.checkpoint and args.method:
         raise CliError("--method chooses a model when there is no --checkpoint; give one of them")
+    if args.method == "adapted_student":
+        raise CliError("--method adapted_student fine-tunes a student on the references when it scores, so it has no "
+                       "fixed graph to export; export d24fad_nn or patchcore")
     if args.checkpoint:  # any method's checkpoint, one-class ones too
         model, meta = load_trained_model(checkpoint_file(args.checkpoint), args.weights, device="cpu")
         console.info(f"model: {meta['method']} checkpoint {args.checkpoint}")

@@ -59,7 +59,8 @@ def run_serve(args: argparse.Namespace) -> int:
                        "(the page offers both the checkpoint and patchcore when --checkpoint is given)")
     device = select_run_device(args.device)
     learned = load_scorer(None if args.checkpoint else "d24fad_nn", args.checkpoint, args.weights, device)
-    scorers = {learned.meta["method"]: learned, "patchcore": load_scorer("patchcore", None, args.weights, device)}
+    scorers = {learned.meta["method"]: learned, "patchcore": load_scorer("patchcore", None, args.weights, device),
+               "adapted_student": load_scorer("adapted_student", None, args.weights, device)}
     default = args.method or (learned.meta["method"] if args.checkpoint else DEFAULT_FEWSHOT_METHOD)
     for method, scorer in scorers.items():
         console.info(f"method {method}{' (default)' if method == default else ''}: {scorer.name}")

@@ -22,8 +22,9 @@ from medad.io_utils import atomic_path
 if TYPE_CHECKING:
     import torch
 
-#: the learned model (medad's bundled D²4FAD-NN unless a checkpoint names another) and PatchCore-K on its teacher
-FEWSHOT_METHODS = ("d24fad_nn", "patchcore")
+#: the learned model (medad's bundled D²4FAD-NN unless a checkpoint names another), PatchCore-K on its teacher, and
+#: support scoring plus medad's bundled generic student adapted to the supports
+FEWSHOT_METHODS = ("d24fad_nn", "patchcore", "adapted_student")
 #: what every few-shot command scores with when ``--method`` is not given
 DEFAULT_FEWSHOT_METHOD = "d24fad_nn"
 #: PatchCore-K's input size: the bundled model's (and the few-shot benchmark's)
@@ -75,6 +76,12 @@ def load_scorer(method: str | None = None, checkpoint: str | Path | None = None,
         if checkpoint is not None:
             raise ValueError("--method patchcore is training-free and takes no --checkpoint; drop one of them")
         return _patchcore(teacher_weights, device)
+    from medad.checkpoints import read_meta
+    from medad.pretrained import GENERIC_METHOD
+
+    if method == GENERIC_METHOD or (method is None and read_meta(checkpoint_file(checkpoint)).get("method")
+                                    == GENERIC_METHOD):
+        return _adapted_student(checkpoint, teacher_weights, device)
     from medad.models.factory import load_trained_model
     from medad.models.registry import methods
     from medad.pretrained import BUNDLED_NAME, bundled_checkpoint, file_sha256
@@ -104,6 +111,33 @@ def _patchcore(teacher_weights: str | Path | None, device: str | torch.device) -
     name = f"PatchCore-K on {DEFAULT_TEACHER} (training-free, no checkpoint), {PATCHCORE_IMAGE_SIZE} px"
     identity = json.dumps({**meta, "teacher_weights": str(teacher_weights)}, sort_keys=True)
     return ScoringModel(model, meta, name, None, identity)
+
+
+def _adapted_student(checkpoint: str | Path | None, teacher_weights: str | Path | None,
+                     device: str | torch.device) -> ScoringModel:
+    """Support scoring plus a generic student adapted to the supports: the bundled student unless ``checkpoint``."""
+    from medad.backbones import build_teacher
+    from medad.checkpoints import load_model
+    from medad.device import resolve_device, to_device
+    from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentFewShot
+    from medad.pretrained import GENERIC_METHOD, GENERIC_NAME, file_sha256, generic_student_checkpoint
+
+    bundled = checkpoint is None
+    file = generic_student_checkpoint() if bundled else checkpoint_file(checkpoint)
+    if bundled and not file.is_file():
+        raise CheckpointError(f"the bundled generic student {file} is missing from this installation; reinstall medad "
+                              "or give --checkpoint or another --method")
+    state, meta = load_model(file, GENERIC_METHOD)
+    teacher = build_teacher(meta["teacher"], weights=teacher_weights)
+    model = AdaptedStudentFewShot(teacher, {key: value.float() for key, value in state.items()},
+                                  AdaptedStudentConfig.from_dict(meta["config"]))
+    model = to_device(model.eval(), resolve_device(device))
+    digest = file_sha256(file)
+    tasks = ", ".join(meta.get("train_tasks", [])) or "unknown tasks"
+    name = (f"{GENERIC_NAME}, sha256 {digest[:12]}…, trained on {tasks}, adapted to the references" if bundled
+            else f"{GENERIC_METHOD} checkpoint {file} (generic student trained on {tasks})")
+    return ScoringModel(model, {**model.meta(), "image_size": meta["image_size"], "train_tasks": meta["train_tasks"]},
+                        name, file, digest)
 
 
 def _support_cache_file(cache_dir: Path, scorer: ScoringModel, images: torch.Tensor) -> Path:

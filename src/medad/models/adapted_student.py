@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from medad.backbones.base import Teacher
+from medad.device import module_device
 from medad.models.rd4ad import RD4AD, check_finite
 from medad.models.support_scoring import (SupportBank, SupportScoring, SupportScoringConfig,
                                           augment_supports, reduce_map)
@@ -75,11 +76,20 @@ class AdaptedStudentConfig:
         return cls(**{**options, "support": SupportScoringConfig(**options["support"])})
 
 
-def _batches(features: list[torch.Tensor], batch_size: int, generator: torch.Generator) -> Iterator[list[torch.Tensor]]:
+def _student_model(teacher: Teacher, state: dict[str, torch.Tensor] | None = None) -> RD4AD:
+    """An RD4AD model on the teacher's device, its student loaded from ``state`` when given."""
+    model = RD4AD(teacher)
+    if state is not None:
+        model.student.load_state_dict(state)
+    return model.to(module_device(teacher))
+
+
+def _batches(features: list[torch.Tensor], batch_size: int, generator: torch.Generator, device: torch.device
+             ) -> Iterator[list[torch.Tensor]]:
     """Endless random batches (with replacement) of rows of per-stage teacher features."""
     while True:
         rows = torch.randint(len(features[0]), (batch_size,), generator=generator)
-        yield [stage[rows].float() for stage in features]
+        yield [stage[rows].float().to(device) for stage in features]
 
 
 def train_generic_student(teacher: Teacher, features: list[torch.Tensor], steps: int, batch_size: int = 16,
@@ -87,9 +97,9 @@ def train_generic_student(teacher: Teacher, features: list[torch.Tensor], steps:
     """The state of an RD4AD student trained from scratch on the teacher's features (``features``: one tensor per
     stage, the normal images of several tasks pooled) for ``steps`` steps of ``batch_size`` random images."""
     torch.manual_seed(seed)
-    model = RD4AD(teacher)
+    model = _student_model(teacher)
     optimizer = torch.optim.Adam(model.student.parameters(), lr=learning_rate, betas=BETAS)
-    batches = _batches(features, batch_size, torch.Generator().manual_seed(seed))
+    batches = _batches(features, batch_size, torch.Generator().manual_seed(seed), module_device(teacher))
     model.student.train()
     for _ in tqdm(range(steps), desc="generic student", disable=not progress):
         loss = model.loss(next(batches))
@@ -102,17 +112,17 @@ def train_generic_student(teacher: Teacher, features: list[torch.Tensor], steps:
 def adapt_student(teacher: Teacher, state: dict[str, torch.Tensor], view_features: list[torch.Tensor], steps: int,
                   learning_rate: float, seed: int = 0) -> RD4AD:
     """An RD4AD model whose student starts from ``state`` and is fine-tuned for ``steps`` full-batch steps on the
-    teacher features of the support views (in evaluation mode on return)."""
+    teacher features of the support views (in evaluation mode on return; gradients on even under ``no_grad``)."""
     torch.manual_seed(seed)
-    model = RD4AD(teacher)
-    model.student.load_state_dict(state)
+    model = _student_model(teacher, state)
     optimizer = torch.optim.Adam(model.student.parameters(), lr=learning_rate, betas=BETAS)
     model.student.train()
-    for _ in range(steps):
-        loss = model.loss(view_features)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():  # callers may score under no_grad; fine-tuning needs gradients all the same
+        for _ in range(steps):
+            loss = model.loss(view_features)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
     return model.eval()
 
 
@@ -249,9 +259,8 @@ class AdaptedStudentFewShot(nn.Module):
 
     def supports_from_tensors(self, tensors: dict[str, torch.Tensor]) -> AdaptedSupports:
         """Supports saved with :meth:`AdaptedSupports.to_tensors`."""
-        model = RD4AD(self.teacher)
-        model.student.load_state_dict({key[len("student."):]: value for key, value in tensors.items()
-                                       if key.startswith("student.")})
+        model = _student_model(self.teacher, {key[len("student."):]: value for key, value in tensors.items()
+                                              if key.startswith("student.")})
         bank = SupportBank.from_tensors({key[len("bank."):]: value for key, value in tensors.items()
                                          if key.startswith("bank.")})
         return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank)
@@ -260,6 +269,11 @@ class AdaptedStudentFewShot(nn.Module):
     def encode_queries(self, images: torch.Tensor) -> TeacherQueries:
         check_finite(images)
         return TeacherQueries(teacher_features(self.teacher, images), tuple(images.shape[-2:]))
+
+    @staticmethod
+    def queries_from_teacher(teacher_features: list[torch.Tensor], image_size: tuple[int, int]) -> TeacherQueries:
+        """Query features from teacher features already computed (by another model with the same teacher)."""
+        return TeacherQueries(teacher_features, image_size)
 
     @torch.no_grad()
     def score_encoded(self, queries: TeacherQueries, supports: AdaptedSupports
