@@ -72,10 +72,10 @@ def test_the_bundled_generic_student_is_the_one_its_card_describes():
     path = generic_student_checkpoint()
     assert file_sha256(path) == card["sha256"] and path.stat().st_size == card["file_bytes"]
     state, meta = load_model(path, "adapted_student")
-    assert {tensor.dtype for tensor in state.values()} == {torch.float16}
+    assert {tensor.dtype for tensor in state.values() if tensor.is_floating_point()} == {torch.float32}
     assert meta["train_tasks"] == card["training"]["sources"] and HELD_OUT_TASK not in meta["train_tasks"]
     assert meta["config"] == card["config"] and AdaptedStudentConfig.from_dict(meta["config"]).name == card["scorer"]
-    assert card["fp16_max_score_difference"] <= card["fp16_tolerance"] <= 1e-3
+    assert card["development"]["row"] == card["product_row"] and card["development"]["worst_task_difference"] >= -1
     text = path.with_name(GENERIC_CARD_MD).read_text()
     assert card["sha256"] in text and card["command"] in text and card["scorer"] in text
 
@@ -93,6 +93,13 @@ def test_the_bundled_generic_student_reproduces_the_cards_scores_on_shared_image
     queries = load_images([Sample(root / p, label, "query") for p, label in zip(reference["query"], reference["label"],
                                                                                  strict=True)], scorer.image_size,
                           workers=0)[0]
-    _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))
-    assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-3)
+    # fine-tuning amplifies the rounding of a different summation order (about 1 % at 2 threads), so the card's
+    # scores are reproduced on the one thread they were recorded on
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))
+    finally:
+        torch.set_num_threads(threads)
+    assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-4)
     assert max(reference["scores"]) - min(reference["scores"]) > 1e-2
