@@ -196,7 +196,9 @@ def markdown(data: dict) -> str:
     base = rows["patchcore"]
     lines = ["# Test-time adaptation of a generic student on the widened development pool (issue 22, round 4)", "",
              f"Command: `{data['command']}`  ", f"Machine: {data['machine']}  ",
-             f"Time: {sum(tta['seconds'].values()) / 60:.1f} min (generic students included)", "",
+             f"Time: {sum(tta['seconds'].values()) / 60:.1f} min of process time recorded per task, generic students "
+             "included (a lower bound: where two processes saved at once, one's stale figure for a task the other had "
+             "just run could win)", "",
              f"Module doc of `benchmarks/fewshot_dev_tta.py`: EfficientNet-Lite0 at {IMAGE_SIZE} px; the pool of "
              "`fewshot_dev_research.md` (same images and draws); each task's generic student trained on the other "
              "sources only (inner leave-one-task-out). Image AUROC (%), mean over K and draws per task; Δ = mean "

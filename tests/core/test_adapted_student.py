@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medad.backbones import build_teacher
+from medad.engine.fewshot import leave_one_out_scores
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentFewShot, AdaptedStudentScoring,
                                           TeacherQueries, adapt_student, student_maps, teacher_features,
                                           train_generic_student)
@@ -140,3 +141,31 @@ def test_held_out_scale_scores_each_support_by_a_student_adapted_to_the_others(t
     assert "scale=held_out" in config.name and "scale" not in AdaptedStudentConfig().name
     with pytest.raises(ValueError, match="student_scale"):
         AdaptedStudentConfig(student_scale="loo")
+
+
+@pytest.mark.parametrize("unit", ["supports", "held_out"])
+def test_leave_one_out_scores_score_each_support_against_the_others_in_the_full_sets_units(teacher, generic_state,
+                                                                                           unit):
+    config = AdaptedStudentConfig(steps=3, learning_rate=1e-2, student_scale=unit)
+    model = AdaptedStudentFewShot(teacher, generic_state, config)
+    supports = _images(0, 3)
+    prepared = model.prepare_supports(supports)
+    loo = model.leave_one_out_scores(supports, prepared)
+    # the definition, by hand: support i against a bank of the others' views, and by a student adapted to them
+    scorer = model.scorer
+    expected = []
+    for i in range(3):
+        others = torch.cat([supports[:i], supports[i + 1:]])
+        views = teacher_features(teacher, augment_supports(others, config.support.augment))
+        student = adapt_student(teacher, generic_state, views, 3, 1e-2)
+        own = teacher_features(teacher, supports[i:i + 1])
+        bank = scorer.support_scoring.bank_from_views(SupportScoring.encoding_from_teacher(views, (64, 64)), 2)
+        support_term = reduce_map(scorer.support_scoring.raw_maps(SupportScoring.encoding_from_teacher(own, (64, 64)),
+                                                                  bank) / prepared.bank.patch_scale, "top1")
+        student_term = reduce_map(student_maps(student, own, (64, 64)), "top1") / prepared.student_scale
+        expected.append(float(support_term + config.weight * student_term))
+    assert loo == pytest.approx(expected, rel=1e-4)
+    # through the support cache's tensors, and through the engine's threshold helper, the same figures
+    restored = model.supports_from_tensors(prepared.to_tensors())
+    assert model.leave_one_out_scores(supports, restored) == pytest.approx(loo, rel=1e-5)
+    assert leave_one_out_scores(model, supports, prepared) == pytest.approx(loo, rel=1e-5)

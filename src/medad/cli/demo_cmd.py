@@ -26,7 +26,7 @@ from medad.options import number_type
 #: the bundled model's demo: its held-out task
 BUNDLED_TARGET = "headct"
 #: the scorers the demo compares (``adapted_student`` is left out: it fine-tunes K + 1 students, which would double
-#: the demo's time; ``medad fewshot evaluate --task headct --method adapted_student`` scores it)
+#: the demo's time; ``medad fewshot evaluate --method adapted_student`` scores any task with it)
 DEMO_METHODS = ("d24fad_nn", "patchcore")
 #: the --train demo: training tasks and the unseen target
 SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]

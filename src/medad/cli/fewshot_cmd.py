@@ -282,7 +282,7 @@ def run_score(args: argparse.Namespace) -> int:
             threshold = heldout_threshold(score_inputs(heldout, predict, scorer.name).unit_scores(),
                                           args.threshold_percentile, args.threshold_from)
         elif args.threshold in (None, "auto"):
-            threshold = auto_threshold(model, support_images, [str(image.path) for image in support.images])
+            threshold = auto_threshold(model, support_images, [str(image.path) for image in support.images], supports)
         elif args.threshold == "none":
             threshold = no_threshold()
         else:

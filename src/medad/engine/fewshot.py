@@ -153,10 +153,14 @@ def evaluate_fewshot(model: FewShotModel, support_images: torch.Tensor, test_ima
                          len(test_images), labels, masks, batch_size)
 
 @torch.no_grad()
-def leave_one_out_scores(model: FewShotModel, support_images: torch.Tensor) -> list[float]:
-    """Each support's score against the other K − 1 supports (K ≥ 2): how normal images score here."""
+def leave_one_out_scores(model: FewShotModel, support_images: torch.Tensor, supports: Any = None) -> list[float]:
+    """Each support's score against the other K − 1 supports (K ≥ 2): how normal images score here.  A model that
+    computes them itself (``model.leave_one_out_scores``, e.g. one that fine-tunes on its supports) does, reusing
+    ``supports`` prepared from these images when given."""
     if len(support_images) < 2:
         raise ValueError("threshold calibration needs at least 2 support images")
+    if hasattr(model, "leave_one_out_scores"):
+        return model.leave_one_out_scores(support_images, supports)
     scores = []
     for held_out in range(len(support_images)):
         others = torch.cat([support_images[:held_out], support_images[held_out + 1:]])
@@ -165,10 +169,12 @@ def leave_one_out_scores(model: FewShotModel, support_images: torch.Tensor) -> l
     return scores
 
 
-def auto_threshold(model: FewShotModel, support_images: torch.Tensor, names: list[str], **wording) -> Threshold:
+def auto_threshold(model: FewShotModel, support_images: torch.Tensor, names: list[str], supports: Any = None,
+                   **wording) -> Threshold:
     """The 'auto' threshold of a support set (:func:`medad.engine.thresholds.support_threshold`, its rule chosen
-    for the model's score units); ``wording`` (``advice``) phrases its warnings for the caller."""
-    loo = leave_one_out_scores(model, support_images) if len(support_images) > 1 else []
+    for the model's score units); ``supports``: prepared from these images, for models that can reuse them;
+    ``wording`` (``advice``) phrases its warnings for the caller."""
+    loo = leave_one_out_scores(model, support_images, supports) if len(support_images) > 1 else []
     return support_threshold(loo, names, standardised=getattr(model, "standardised_scores", False), **wording)
 
 

@@ -143,17 +143,23 @@ def student_maps(model: RD4AD, features: list[torch.Tensor], image_size: tuple[i
 
 @dataclass
 class AdaptedSupports:
-    """What scoring needs of one support set: the adapted student, its score scale, and the support bank."""
+    """What scoring needs of one support set: the adapted student, its score scale, and the support bank; with the
+    held-out unit, each support's score by a student adapted to the others (``held_out_student``, raw)."""
 
     model: RD4AD
     student_scale: float
     bank: SupportBank
+    held_out_student: torch.Tensor | None = None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
-        """Named tensors (the support cache): the adapted student's state, its scale and the bank."""
-        return {**{f"student.{key}": value.contiguous() for key, value in self.model.student.state_dict().items()},
-                "student_scale": torch.tensor([self.student_scale]),
-                **{f"bank.{key}": value for key, value in self.bank.to_tensors().items()}}
+        """Named tensors (the support cache): the adapted student's state, its scale, the bank (and the held-out
+        scores)."""
+        tensors = {**{f"student.{key}": value.contiguous() for key, value in self.model.student.state_dict().items()},
+                   "student_scale": torch.tensor([self.student_scale]),
+                   **{f"bank.{key}": value for key, value in self.bank.to_tensors().items()}}
+        if self.held_out_student is not None:
+            tensors["held_out_student"] = self.held_out_student.contiguous()
+        return tensors
 
 
 @dataclass
@@ -194,12 +200,35 @@ class AdaptedStudentScoring:
                               self.config.learning_rate, seed)
         k, image_size = len(support_images), tuple(support_images.shape[-2:])
         originals = [stage[:k] for stage in view_features]
+        held_out = None
         if self.config.student_scale == "held_out" and k > 1:
-            scale = self._held_out_scores(view_features, k, image_size, seed)
+            scale = held_out = self._held_out_scores(view_features, k, image_size, seed)
         else:
             scale = reduce_map(student_maps(model, originals, image_size), self.config.score)
         bank = self.support_scoring.bank_from_views(SupportScoring.encoding_from_teacher(view_features, image_size), k)
-        return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank)
+        return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank, held_out)
+
+    @torch.no_grad()
+    def leave_one_out_scores(self, support_images: torch.Tensor, supports: AdaptedSupports, seed: int = 0
+                             ) -> torch.Tensor:
+        """Each support's image score as a query of the other K − 1 (its support term against their views' bank,
+        its student term by a student adapted to their views), in the units of ``supports`` (prepared from all K):
+        how normal images score here, for thresholds.  Reuses ``supports.held_out_student`` when it is there."""
+        k, image_size = len(support_images), tuple(support_images.shape[-2:])
+        if k < 2:
+            raise ValueError("leave-one-out scores need at least 2 support images")
+        view_features = teacher_features(self.teacher, augment_supports(support_images, self.config.support.augment))
+        held_out = supports.held_out_student
+        if held_out is None:
+            held_out = self._held_out_scores(view_features, k, image_size, seed)
+        owner = torch.arange(k).repeat(len(view_features[0]) // k)
+        encoded = SupportScoring.encoding_from_teacher(view_features, image_size)
+        support_terms = []
+        for i in range(k):
+            bank = self.support_scoring.bank_from_views(encoded[owner != i], k - 1)
+            maps = self.support_scoring.raw_maps(encoded[i:i + 1], bank) / supports.bank.patch_scale
+            support_terms.append(reduce_map(maps, self.config.support.score))
+        return torch.cat(support_terms) + self.config.weight * held_out / supports.student_scale
 
     def _held_out_scores(self, view_features: list[torch.Tensor], k: int, image_size: tuple[int, int], seed: int
                          ) -> torch.Tensor:
@@ -263,7 +292,15 @@ class AdaptedStudentFewShot(nn.Module):
                                               if key.startswith("student.")})
         bank = SupportBank.from_tensors({key[len("bank."):]: value for key, value in tensors.items()
                                          if key.startswith("bank.")})
-        return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank)
+        return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank, tensors.get("held_out_student"))
+
+    def leave_one_out_scores(self, support_images: torch.Tensor, supports: AdaptedSupports | None = None
+                             ) -> list[float]:
+        """Each support's score against the other K − 1 (:meth:`AdaptedStudentScoring.leave_one_out_scores`),
+        from ``supports`` already prepared from these images when given (no second adaptation)."""
+        check_finite(support_images)
+        supports = supports if supports is not None else self.prepare_supports(support_images)
+        return self.scorer.leave_one_out_scores(support_images, supports).tolist()
 
     @torch.no_grad()
     def encode_queries(self, images: torch.Tensor) -> TeacherQueries:

@@ -113,7 +113,7 @@ class FewShotScorer:
                                            len(query_images), 16)
             threshold = (Threshold(fixed, "fixed", f"the fixed threshold {fixed:g} given in the form")
                          if fixed is not None else
-                         auto_threshold(model, support_images, [upload.name for upload in references],
+                         auto_threshold(model, support_images, [upload.name for upload in references], supports,
                                         advice=f"give K ≥ {MIN_RELIABLE_K} references or a number"))
         check_scores(scores, [upload.name for upload in queries], scorer.name)
         names = [upload.path.name for upload in queries]
