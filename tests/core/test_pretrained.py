@@ -47,20 +47,24 @@ def test_the_bundled_model_is_current_with_the_registry_and_the_default_configur
         budget.epochs, budget.batch_size, budget.max_queries_per_task, budget.lr)
 
 
-def test_the_bundled_model_reproduces_the_cards_scores_on_shared_images():
+def _reference_images(reference: dict, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A card's reference supports and queries from the shared data (the test is skipped without them)."""
     try:
         root = data_root()
     except FileNotFoundError:
         pytest.skip("no shared data (../shared/data or $MEDAD_DATA_ROOT)")
-    reference = model_card()["reference"]
-    files = [root / p for p in reference["support"] + reference["query"]]
-    if not all(f.is_file() for f in files):
+    if not all((root / p).is_file() for p in reference["support"] + reference["query"]):
         pytest.skip("the shared data here lacks the card's reference images")
-    scorer = load_scorer()  # the bundled model
-    size = scorer.image_size
     supports = load_images([Sample(root / p, 0, "good") for p in reference["support"]], size, workers=0)[0]
     queries = load_images([Sample(root / p, label, "query") for p, label in zip(reference["query"], reference["label"],
                                                                                  strict=True)], size, workers=0)[0]
+    return supports, queries
+
+
+def test_the_bundled_model_reproduces_the_cards_scores_on_shared_images():
+    reference = model_card()["reference"]
+    scorer = load_scorer()  # the bundled model
+    supports, queries = _reference_images(reference, scorer.image_size)
     with torch.no_grad():
         _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))
     assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-4)
@@ -81,18 +85,9 @@ def test_the_bundled_generic_student_is_the_one_its_card_describes():
 
 
 def test_the_bundled_generic_student_reproduces_the_cards_scores_on_shared_images():
-    try:
-        root = data_root()
-    except FileNotFoundError:
-        pytest.skip("no shared data (../shared/data or $MEDAD_DATA_ROOT)")
     reference = generic_student_card()["reference"]
-    if not all((root / p).is_file() for p in reference["support"] + reference["query"]):
-        pytest.skip("the shared data here lacks the card's reference images")
     scorer = load_scorer("adapted_student")
-    supports = load_images([Sample(root / p, 0, "good") for p in reference["support"]], scorer.image_size, workers=0)[0]
-    queries = load_images([Sample(root / p, label, "query") for p, label in zip(reference["query"], reference["label"],
-                                                                                 strict=True)], scorer.image_size,
-                          workers=0)[0]
+    supports, queries = _reference_images(reference, scorer.image_size)
     # fine-tuning amplifies the rounding of a different summation order (about 1 % at 2 threads), so the card's
     # scores are reproduced on the one thread they were recorded on
     threads = torch.get_num_threads()
