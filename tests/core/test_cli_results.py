@@ -26,6 +26,7 @@ def test_auto_threshold_reports_its_support_scores_and_warns_for_small_k(fewshot
     assert scored["threshold"] == rule["value"] == rule_threshold(rule["auto_rule"], rule["support_scores"])
     assert "rests on only K=4 supports" in captured.err and f"K ≥ {MIN_RELIABLE_K}" in captured.err
     assert "% of abnormal images normal" in captured.err
+    assert "measured with D²4FAD-NN" in captured.err  # the figures name the scorer they were measured with
     assert describe_rule(rule["auto_rule"], 4) in captured.out
     assert all(row["abnormal"] == (row["score"] > scored["threshold"]) for row in scored["images"])
 

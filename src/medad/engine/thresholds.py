@@ -119,6 +119,8 @@ AUTO_RULE = {"standardised": "cut:2", "raw": "loo-max"}
 #: what each 'auto' rule cost there, by K: (false-normal rate, false-abnormal rate) — the warnings quote it
 AUTO_RULE_COST = {"cut:2": {2: (0.271, 0.652), 4: (0.337, 0.594), 8: (0.216, 0.666)},
                   "loo-max": {2: (0.646, 0.327), 4: (0.827, 0.153), 8: (0.870, 0.103)}}
+#: the scorer each rule's cost was measured with (other scorers that use the rule have not been measured)
+AUTO_RULE_MEASURED_WITH = {"cut:2": "D²4FAD-NN", "loo-max": "PatchCore-K"}
 
 
 def auto_rule(standardised: bool) -> str:
@@ -180,7 +182,8 @@ def support_threshold(loo_scores: list[float], names: list[str] | None = None, *
         cost_k = max([known for known in AUTO_RULE_COST[rule] if known <= k], default=min(AUTO_RULE_COST[rule]))
         missed, false_alarms = AUTO_RULE_COST[rule][cost_k]
         warnings.append(f"the 'auto' threshold rests on only K={k} supports: on the development tasks at K={cost_k} "
-                        f"its rule ({rule}) called {100 * missed:.0f}% of abnormal images normal and "
+                        f"its rule ({rule}, measured with {AUTO_RULE_MEASURED_WITH[rule]}) called {100 * missed:.0f}% of "
+                        "abnormal images normal and "
                         f"{100 * false_alarms:.0f}% of normal images abnormal (docs/METHODS.md); {advice}")
     return Threshold(value, "support-leave-one-out",
                      describe_rule(rule, k) + ("" if rule.startswith("cut:") else
