@@ -110,9 +110,10 @@ def record(results: BenchmarkResults, row: str, task: str, key: tuple[int, int, 
                             "features": f"lite0@{IMAGE_SIZE}", "image_auroc": float(roc_auc_score(labels, scores.numpy()))})
 
 
-def row_tag(steps: int, unit: str) -> str:
-    """``S`` or ``S,held_out``: the steps and (unless "supports") the student unit of a family of rows."""
-    return f"{steps}" if unit == "supports" else f"{steps},{unit}"
+def row_tag(steps: int, unit: str, weight: float | None = None) -> str:
+    """``S[,w][,held_out]``: the steps, the student term's weight when given, and the student unit unless "supports"
+    of a row."""
+    return ",".join([f"{steps}", *([f"{weight:g}"] if weight is not None else []), *([unit] if unit != "supports" else [])])
 
 
 def family_done(results: BenchmarkResults, task: str, steps: int, unit: str) -> bool:
@@ -150,11 +151,10 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
                     record(results, "views+top1", task, key, labels, support_term)
             student_term = reduce_map(student_maps(prepared.model, features, image_size) / prepared.student_scale,
                                       scorer.config.score)
-            tag = row_tag(steps, unit)
-            record(results, f"student[{tag}]", task, key, labels, student_term)
+            record(results, f"student[{row_tag(steps, unit)}]", task, key, labels, student_term)
             for weight in WEIGHTS:
-                record(results, "views+top1+student[" + tag.replace(f"{steps}", f"{steps},{weight:g}", 1) + "]",
-                       task, key, labels, support_term + weight * student_term)
+                record(results, f"views+top1+student[{row_tag(steps, unit, weight)}]", task, key, labels,
+                       support_term + weight * student_term)
 
 
 def row_config(row: str) -> AdaptedStudentConfig:

@@ -199,11 +199,11 @@ class AdaptedStudentScoring:
         model = adapt_student(self.teacher, self.generic_state, view_features, self.config.steps,
                               self.config.learning_rate, seed)
         k, image_size = len(support_images), tuple(support_images.shape[-2:])
-        originals = [stage[:k] for stage in view_features]
         held_out = None
         if self.config.student_scale == "held_out" and k > 1:
             scale = held_out = self._held_out_scores(view_features, k, image_size, seed)
         else:
+            originals = [stage[:k] for stage in view_features]
             scale = reduce_map(student_maps(model, originals, image_size), self.config.score)
         bank = self.support_scoring.bank_from_views(SupportScoring.encoding_from_teacher(view_features, image_size), k)
         return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank, held_out)
