@@ -87,15 +87,16 @@ def evaluation_samples(task: str, args: argparse.Namespace) -> list[Sample]:
     return [evaluation[i] for i in subsample([s.label for s in evaluation], args.max_images)]
 
 
-def generic_student(task: str, teacher, args: argparse.Namespace, results: BenchmarkResults
+def generic_student(task: str, teacher, args: argparse.Namespace, generic: dict[str, dict]
                     ) -> dict[str, torch.Tensor]:
-    """The generic student of a pool task (module doc), cached; the near-copies dropped go into ``results``."""
+    """The generic student of a pool task (module doc), cached; when it is trained, the images it saw and the
+    near-copies dropped go into ``generic[task]``."""
     path = Path(args.cache) / f"student_without_{task}.pt"
     if path.is_file():
         return torch.load(path)
     state, trained_on = train_generic_student_on(teacher, RECIPE, task, evaluation_samples(task, args), seed=0,
                                                  cache=Path(args.cache))
-    results.data["tta"]["generic"][task] = {"images": trained_on["images"],
+    generic[task] = {"images": trained_on["images"],
                                             "dropped_near_copies": trained_on["dropped_near_copies"]}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -124,7 +125,7 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
     """The rows of one pool task that ``results`` lacks (by family: ``FAMILIES``), added to it."""
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    state = generic_student(task, teacher, args, results)
+    state = generic_student(task, teacher, args, results.data["tta"]["generic"])
     scorers = {(steps, unit): AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=steps,
                                                                                          student_scale=unit))
                for steps, unit in FAMILIES if not family_done(results, task, steps, unit)}
