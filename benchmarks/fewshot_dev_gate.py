@@ -1,5 +1,6 @@
-"""Round 5 of issue 22: the adapted student's weight chosen per support set from the supports alone, by a gate
-learned with inner leave-one-task-out on the widened development pool (no test split of a reported fold is read).
+"""Rounds 5 and 6 of issue 22: the adapted student's weight chosen per support set from the supports alone, by a gate
+learned with inner leave-one-task-out on the widened development pool (no test split of a reported fold is read);
+round 6, the student term two-sided.
 
 Regenerate:  python benchmarks/fewshot_dev_gate.py
 Writes benchmarks/results/fewshot_dev_gate.json (+ .md).  Resumable per task; ``--tasks`` splits the work between
@@ -26,7 +27,12 @@ passes; ties to the first in a fixed order) and applied to the task's own draws.
 
 * ``patchcore``; ``w=W``: every constant weight of ``WEIGHTS`` (w=0 is the support term alone);
 * ``gate[constant]``: the constant weight fitted on the other tasks;
-* ``gate[S]``: the stump on statistic S fitted on the other tasks; ``gate[any]``: the statistic fitted too.
+* ``gate[S]``: the stump on statistic S fitted on the other tasks; ``gate[any]``: the statistic fitted too;
+* round 6, the same rows prefixed ``two-sided``: the student term s replaced by |s − 1|.  s is in held-out units, so
+  1 is what a support scores by a student that did not see it, as a normal query does; the two-sided term also
+  flags queries the student rebuilds *better* than the task's normals (round 4's student alone scored below 50 on
+  ACRIMA and ZhangLab: there it rebuilt the abnormal images better than the normals).  Added after round 5 had been run and read;
+  computed from the draws round 5 saved.
 
 The rule for a fourth look at the test folds, written before this benchmark was run (``docs/METHODS.md``, round 5):
 the rule of rounds 4 and 4b: some row that uses the supports beats PatchCore-K by at least 3 points of mean image
@@ -126,14 +132,19 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
 
 # --- gates: fitted and applied on the saved draws --------------------------------------------------------------------
 
-def draw_aurocs(data: dict) -> dict[str, dict]:
-    """Per task: AUROC (%) of PatchCore-K and of every constant weight per draw, and the draws' statistics."""
+#: row prefix → the student term as scored from the saved one (s, in held-out units)
+STUDENT_TERMS = {"": lambda s: s, "two-sided ": lambda s: np.abs(s - 1.0)}
+
+
+def draw_aurocs(data: dict, prefix: str = "") -> dict[str, dict]:
+    """Per task: AUROC (%) of PatchCore-K and of every constant weight per draw (the student term of ``prefix``),
+    and the draws' statistics."""
     table = {}
     for task, saved in data["draws"].items():
         labels = np.array(saved["labels"])
         rows = []
         for d in saved["draws"]:
-            support, student = np.array(d["support_term"]), np.array(d["student_term"])
+            support, student = np.array(d["support_term"]), STUDENT_TERMS[prefix](np.array(d["student_term"]))
             rows.append({"patchcore": 100 * roc_auc_score(labels, d["patchcore"]),
                          "weights": [100 * roc_auc_score(labels, support + w * student) for w in WEIGHTS],
                          "statistics": d["statistics"], "key": (d["seed"], d["k"], d["draw"])})
@@ -180,28 +191,37 @@ ROWS = {"gate[constant]": (None,), **{f"gate[{s}]": (s,) for s in STATISTICS},
 
 def records_and_gates(data: dict) -> tuple[list[dict], dict[str, dict]]:
     """Records of every row (the gate rows by inner leave-one-task-out) and each gate row's fitted gates."""
-    table = draw_aurocs(data)
-    tasks = [t for t in POOL if t in table]
     records, fitted = [], {}
     def add(row: str, task: str, key: tuple, auroc: float) -> None:
         records.append({"method": row, "task": task, "seed": key[0], "k": key[1], "support_draw": key[2],
                         "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
                         "features": f"lite0@{IMAGE_SIZE}", "image_auroc": auroc / 100})
-    for task in tasks:
-        for r in table[task]:
-            add("patchcore", task, r["key"], r["patchcore"])
-            for w, auroc in zip(WEIGHTS, r["weights"]):
-                add(f"w={w:g}", task, r["key"], auroc)
-    if len(tasks) < len(POOL):
-        return records, fitted
-    for row, kinds in ROWS.items():
-        fitted[row] = {}
+    for prefix in STUDENT_TERMS:
+        table = draw_aurocs(data, prefix)
+        tasks = [t for t in POOL if t in table]
         for task in tasks:
-            gate = fit_gate(table, [t for t in tasks if t != task], kinds)
-            fitted[row][task] = describe(gate)
             for r in table[task]:
-                add(row, task, r["key"], r["weights"][gate_weight(gate, r["statistics"])])
+                if not prefix:
+                    add("patchcore", task, r["key"], r["patchcore"])
+                for w, auroc in zip(WEIGHTS, r["weights"]):
+                    if w or not prefix:  # w = 0 is the support term alone, whatever the student term
+                        add(f"{prefix}w={w:g}", task, r["key"], auroc)
+        if len(tasks) < len(POOL):
+            continue
+        for row, kinds in ROWS.items():
+            fitted[prefix + row] = {}
+            for task in tasks:
+                gate = fit_gate(table, [t for t in tasks if t != task], kinds)
+                fitted[prefix + row][task] = describe(gate)
+                for r in table[task]:
+                    add(prefix + row, task, r["key"], r["weights"][gate_weight(gate, r["statistics"])])
     return records, fitted
+
+
+def split_row(row: str) -> tuple[str, str]:
+    """(student-term prefix, row) of a row name."""
+    prefix = next(p for p in sorted(STUDENT_TERMS, key=len, reverse=True) if row.startswith(p))
+    return prefix, row[len(prefix):]
 
 
 def describe(gate: tuple) -> dict:
@@ -226,17 +246,19 @@ def select(data: dict, records: list[dict]) -> dict:
                          f"PatchCore-K's mean by at least {MARGIN:g} points",
                  "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen,
                  "met": chosen is not None and guarded[chosen]["difference"] >= MARGIN, "recipe": RECIPE.as_dict()}
-    if chosen in ROWS:
-        selection["gate"] = describe(fit_gate(draw_aurocs(data), POOL, ROWS[chosen]))
-    elif chosen is not None:
-        selection["gate"] = {"statistic": None, "weight": float(chosen.removeprefix("w="))}
+    if chosen is not None:
+        prefix, row = split_row(chosen)
+        selection["student_term"] = prefix.strip() or "one-sided"
+        selection["gate"] = (describe(fit_gate(draw_aurocs(data, prefix), POOL, ROWS[row])) if row in ROWS
+                             else {"statistic": None, "weight": float(row.removeprefix("w="))})
     return selection
 
 
 def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
     rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
     base = rows["patchcore"]
-    lines = ["# Round 5: the adapted student's weight gated per support set (issue 22, development pool)", "",
+    lines = ["# Rounds 5 and 6: the adapted student's weight gated per support set, its term one- or two-sided "
+             "(issue 22, development pool)", "",
              f"Command: `{data['command']}`  ", f"Machine: {data['machine']}  ",
              f"Time: {sum(data['seconds'].values()) / 60:.1f} min of process time recorded per task", "",
              f"Module doc of `benchmarks/fewshot_dev_gate.py`: EfficientNet-Lite0 at {IMAGE_SIZE} px, the pool and "
