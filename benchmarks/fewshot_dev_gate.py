@@ -2,9 +2,12 @@
 learned with inner leave-one-task-out on the widened development pool (no test split of a reported fold is read);
 round 6, the student term two-sided.
 
-Regenerate:  python benchmarks/fewshot_dev_gate.py
-Writes benchmarks/results/fewshot_dev_gate.json (+ .md).  Resumable per task; ``--tasks`` splits the work between
-processes.  Pool, draws, features and generic students are those of ``benchmarks/fewshot_dev_tta.py`` (its cache).
+Regenerate:  python benchmarks/fewshot_dev_gate.py                     (rounds 5 and 6, 128 px)
+             python benchmarks/fewshot_dev_gate.py --image-size 224    (round 7)
+Writes benchmarks/results/fewshot_dev_gate.json (+ .md; ``fewshot_dev_gate_224`` at 224 px).  Resumable per task;
+``--tasks`` splits the work between processes.  Pool, draws, features and generic students are those of
+``benchmarks/fewshot_dev_tta.py`` (its cache); at another input size the generic students are trained by the same
+recipe at that size (cached as ``student_without_<task>@<size>.pt``), and PatchCore-K uses the same size.
 
 Each draw of K supports is scored as round 4b's family does (``AdaptedStudentConfig(steps=50,
 student_scale="held_out")``): the support term (views + top-1 %) plus w times the adapted student's term in held-out
@@ -43,13 +46,14 @@ AUROC over the pool, with no task more than 1 point below it.  The chosen row's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import time
 
 import numpy as np
 import torch
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import RECIPE, TEACHER, IMAGE_SIZE, generic_student
+from fewshot_dev_tta import RECIPE, TEACHER, generic_student
 from fewshot_dev_selection import pool_parser
 from sklearn.metrics import roc_auc_score
 
@@ -71,9 +75,17 @@ def parse_args() -> argparse.Namespace:
     parser.set_defaults(seeds=[0], draws=2, max_images=100, cache="benchmarks/.cache/fewshot_dev_tta")
     parser.add_argument("--tasks", nargs="+", default=POOL, choices=POOL)
     parser.add_argument("--held-out", type=int, default=16, help="training normals per synthetic task")
-    parser.add_argument("--name", default="fewshot_dev_gate")
+    parser.add_argument("--name", help="results name (default: fewshot_dev_gate, with _SIZE after it unless 128 px)")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
-    return parser.parse_args()
+    args = parser.parse_args()
+    args.name = args.name or ("fewshot_dev_gate" if args.image_size == RECIPE.image_size
+                              else f"fewshot_dev_gate_{args.image_size}")
+    return args
+
+
+def recipe_for(args: argparse.Namespace):
+    """The generic students' recipe (``fewshot_dev_tta.RECIPE``) at the run's input size."""
+    return dataclasses.replace(RECIPE, image_size=args.image_size)
 
 
 def _log_ratio(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
@@ -112,16 +124,16 @@ def score_draw(scorer: AdaptedStudentScoring, state: dict[str, torch.Tensor], su
 
 def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Namespace) -> None:
     """Every draw of one pool task, saved under ``results.data["draws"][task]``."""
-    state = generic_student(task, teacher, args, results.data["generic"])
+    state = generic_student(task, teacher, args, results.data["generic"], recipe_for(args))
     scorer = AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=STEPS, student_scale=UNIT, weight=0.0))
-    pool, images, labels = task_images(task, args, IMAGE_SIZE)
+    pool, images, labels = task_images(task, args, args.image_size)
     features = teacher_features(teacher, images)
     image_size = tuple(images.shape[-2:])
     queries = SupportScoring.encoding_from_teacher(features, image_size)
     patchcore = SupportScoring(teacher, SupportScoringConfig())
     draws = []
     for seed, k, draw in itertools.product(args.seeds, args.k, range(args.draws)):
-        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
+        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], args.image_size,
                                   workers=0)
         entry = {"seed": seed, "k": k, "draw": draw,
                  "patchcore": patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1].tolist()}
@@ -191,11 +203,11 @@ ROWS = {"gate[constant]": (None,), **{f"gate[{s}]": (s,) for s in STATISTICS},
 
 def records_and_gates(data: dict) -> tuple[list[dict], dict[str, dict]]:
     """Records of every row (the gate rows by inner leave-one-task-out) and each gate row's fitted gates."""
-    records, fitted = [], {}
+    records, fitted, size = [], {}, data["image_size"]
     def add(row: str, task: str, key: tuple, auroc: float) -> None:
         records.append({"method": row, "task": task, "seed": key[0], "k": key[1], "support_draw": key[2],
-                        "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-                        "features": f"lite0@{IMAGE_SIZE}", "image_auroc": auroc / 100})
+                        "backbone": TEACHER, "image_size": size, "protocol": "development",
+                        "features": f"lite0@{size}", "image_auroc": auroc / 100})
     for prefix in STUDENT_TERMS:
         table = draw_aurocs(data, prefix)
         tasks = [t for t in POOL if t in table]
@@ -234,7 +246,7 @@ def describe(gate: tuple) -> dict:
 
 def select(data: dict, records: list[dict]) -> dict:
     """The pre-stated rule (module doc) over the candidate rows, and the chosen row's gate fitted on all ten tasks."""
-    rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
+    rows = summary(records)[f"lite0@{data['image_size']}"]
     base = rows["patchcore"]
     candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
                         "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
@@ -245,7 +257,7 @@ def select(data: dict, records: list[dict]) -> dict:
                          f"PatchCore-K, the best mean image AUROC; a fourth look at the test folds only if it beats "
                          f"PatchCore-K's mean by at least {MARGIN:g} points",
                  "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen,
-                 "met": chosen is not None and guarded[chosen]["difference"] >= MARGIN, "recipe": RECIPE.as_dict()}
+                 "met": chosen is not None and guarded[chosen]["difference"] >= MARGIN, "recipe": dataclasses.replace(RECIPE, image_size=data["image_size"]).as_dict()}
     if chosen is not None:
         prefix, row = split_row(chosen)
         selection["student_term"] = prefix.strip() or "one-sided"
@@ -255,13 +267,13 @@ def select(data: dict, records: list[dict]) -> dict:
 
 
 def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
-    rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
+    rows = summary(records)[f"lite0@{data['image_size']}"]
     base = rows["patchcore"]
     lines = ["# Rounds 5 and 6: the adapted student's weight gated per support set, its term one- or two-sided "
              "(issue 22, development pool)", "",
              f"Command: `{data['command']}`  ", f"Machine: {data['machine']}  ",
              f"Time: {sum(data['seconds'].values()) / 60:.1f} min of process time recorded per task", "",
-             f"Module doc of `benchmarks/fewshot_dev_gate.py`: EfficientNet-Lite0 at {IMAGE_SIZE} px, the pool and "
+             f"Module doc of `benchmarks/fewshot_dev_gate.py`: EfficientNet-Lite0 at {data['image_size']} px, the pool and "
              "generic students of `fewshot_dev_tta`, the student adapted 50 steps, its term in held-out units. "
              "Image AUROC (%), mean over K and draws per task; Δ = mean minus PatchCore-K's on the same supports; "
              f"guard ✓ = no task more than {GUARD:g} point below PatchCore-K. `gate[…]` rows: each task's gate "
@@ -304,6 +316,7 @@ def main() -> int:
                                                                     pieces=("--tasks", "--markdown-only")))
     for key in ("draws", "generic", "seconds"):
         results.data.setdefault(key, {})
+    results.data.setdefault("image_size", args.image_size)
     if not args.markdown_only:
         torch.manual_seed(0)
         teacher = build_teacher(TEACHER)

@@ -87,14 +87,15 @@ def evaluation_samples(task: str, args: argparse.Namespace) -> list[Sample]:
     return [evaluation[i] for i in subsample([s.label for s in evaluation], args.max_images)]
 
 
-def generic_student(task: str, teacher, args: argparse.Namespace, generic: dict[str, dict]
-                    ) -> dict[str, torch.Tensor]:
-    """The generic student of a pool task (module doc), cached; when it is trained, the images it saw and the
-    near-copies dropped go into ``generic[task]``."""
-    path = Path(args.cache) / f"student_without_{task}.pt"
+def generic_student(task: str, teacher, args: argparse.Namespace, generic: dict[str, dict],
+                    recipe: GenericStudentRecipe = RECIPE) -> dict[str, torch.Tensor]:
+    """The generic student of a pool task (module doc; by ``recipe``), cached; when it is trained, the images it saw
+    and the near-copies dropped go into ``generic[task]``."""
+    size = "" if recipe.image_size == IMAGE_SIZE else f"@{recipe.image_size}"
+    path = Path(args.cache) / f"student_without_{task}{size}.pt"
     if path.is_file():
         return torch.load(path)
-    state, trained_on = train_generic_student_on(teacher, RECIPE, task, evaluation_samples(task, args), seed=0,
+    state, trained_on = train_generic_student_on(teacher, recipe, task, evaluation_samples(task, args), seed=0,
                                                  cache=Path(args.cache))
     generic[task] = {"images": trained_on["images"],
                                             "dropped_near_copies": trained_on["dropped_near_copies"]}
