@@ -279,6 +279,10 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              f"guard ✓ = no task more than {GUARD:g} point below PatchCore-K. `gate[…]` rows: each task's gate "
              "fitted on the other nine tasks.", "",
              "| row | guard | mean | Δ | " + " | ".join(POOL) + " |", "|---" * (4 + len(POOL)) + "|"]
+    done = [t for t in POOL if t in data["draws"]]
+    if len(done) < len(POOL):
+        lines[-2:-2] = [f"**Incomplete: {len(done)} of {len(POOL)} tasks done; means are over those, the gates are "
+                        "fitted and the rule applied once every task is.**", ""]
     for method, row in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
         guard = "✓" if all(row["tasks"][t] >= base["tasks"][t] - GUARD for t in base["tasks"]) else "✗"
         lines.append(f"| {method} | {guard} | {row['mean']:.2f} | {row['mean'] - base['mean']:+.2f} | "
