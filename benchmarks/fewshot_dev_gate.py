@@ -53,30 +53,25 @@ import time
 import numpy as np
 import torch
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import RECIPE, TEACHER, generic_student
-from fewshot_dev_selection import pool_parser
+from fewshot_dev_tta import GUARD, RECIPE, TEACHER, apply_rule, generic_student, pool_arguments, pool_table
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
 from medad.data.images import load_images
 from medad.engine.fewshot import draw_supports
-from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps, teacher_features
+from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps,
+                                          teacher_features)
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
 STEPS, UNIT = 50, "held_out"
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 STATISTICS = ("generalisation", "adaptation", "spread", "k")
-GUARD, MARGIN = 1.0, 3.0
 
 
 def parse_args() -> argparse.Namespace:
-    parser = pool_parser(__doc__)
-    parser.set_defaults(seeds=[0], draws=2, max_images=100, cache="benchmarks/.cache/fewshot_dev_tta")
-    parser.add_argument("--tasks", nargs="+", default=POOL, choices=POOL)
-    parser.add_argument("--held-out", type=int, default=16, help="training normals per synthetic task")
+    parser = pool_arguments(__doc__)
     parser.add_argument("--name", help="results name (default: fewshot_dev_gate, with _SIZE after it unless 128 px)")
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
     args = parser.parse_args()
     args.name = args.name or ("fewshot_dev_gate" if args.image_size == RECIPE.image_size
                               else f"fewshot_dev_gate_{args.image_size}")
@@ -190,7 +185,7 @@ def fit_gate(table: dict[str, list[dict]], tasks: list[str], kinds: tuple) -> tu
     candidates = []
     for kind in kinds:
         values = sorted({r["statistics"][kind] for t in tasks for r in table[t]}) if kind else []
-        thresholds = [(a + b) / 2 for a, b in zip(values, values[1:])]
+        thresholds = [(a + b) / 2 for a, b in itertools.pairwise(values)]
         candidates += gates(kind, thresholds)
     scored = [(gate, task_differences(gate, table, tasks)) for gate in candidates]
     guarded = [(gate, d) for gate, d in scored if d.min() >= -GUARD] or scored
@@ -215,7 +210,7 @@ def records_and_gates(data: dict) -> tuple[list[dict], dict[str, dict]]:
             for r in table[task]:
                 if not prefix:
                     add("patchcore", task, r["key"], r["patchcore"])
-                for w, auroc in zip(WEIGHTS, r["weights"]):
+                for w, auroc in zip(WEIGHTS, r["weights"], strict=True):
                     if w or not prefix:  # w = 0 is the support term alone, whatever the student term
                         add(f"{prefix}w={w:g}", task, r["key"], auroc)
         if len(tasks) < len(POOL):
@@ -245,21 +240,11 @@ def describe(gate: tuple) -> dict:
 
 
 def select(data: dict, records: list[dict]) -> dict:
-    """The pre-stated rule (module doc) over the candidate rows, and the chosen row's gate fitted on all ten tasks."""
-    rows = summary(records)[f"lite0@{data['image_size']}"]
-    base = rows["patchcore"]
-    candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
-                        "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
-                  for row, r in rows.items() if row != "patchcore"}
-    guarded = {row: c for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD}
-    chosen = max(guarded, key=lambda row: guarded[row]["mean"]) if guarded else None
-    selection = {"rule": f"among rows using the supports with no pool task more than {GUARD:g} point below "
-                         f"PatchCore-K, the best mean image AUROC; a fourth look at the test folds only if it beats "
-                         f"PatchCore-K's mean by at least {MARGIN:g} points",
-                 "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen,
-                 "met": chosen is not None and guarded[chosen]["difference"] >= MARGIN, "recipe": dataclasses.replace(RECIPE, image_size=data["image_size"]).as_dict()}
-    if chosen is not None:
-        prefix, row = split_row(chosen)
+    """The pre-stated rule (module doc) over the rows, and the chosen row's gate fitted on all ten tasks."""
+    selection = {**apply_rule(summary(records)[f"lite0@{data['image_size']}"]),
+                 "recipe": dataclasses.replace(RECIPE, image_size=data["image_size"]).as_dict()}
+    if selection["chosen"] is not None:
+        prefix, row = split_row(selection["chosen"])
         selection["student_term"] = prefix.strip() or "one-sided"
         selection["gate"] = (describe(fit_gate(draw_aurocs(data, prefix), POOL, ROWS[row])) if row in ROWS
                              else {"statistic": None, "weight": float(row.removeprefix("w="))})
@@ -268,7 +253,6 @@ def select(data: dict, records: list[dict]) -> dict:
 
 def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
     rows = summary(records)[f"lite0@{data['image_size']}"]
-    base = rows["patchcore"]
     lines = ["# Rounds 5 and 6: the adapted student's weight gated per support set, its term one- or two-sided "
              "(issue 22, development pool)", "",
              f"Command: `{data['command']}`  ", f"Machine: {data['machine']}  ",
@@ -278,15 +262,12 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              "Image AUROC (%), mean over K and draws per task; Δ = mean minus PatchCore-K's on the same supports; "
              f"guard ✓ = no task more than {GUARD:g} point below PatchCore-K. `gate[…]` rows: each task's gate "
              "fitted on the other nine tasks.", "",
-             "| row | guard | mean | Δ | " + " | ".join(POOL) + " |", "|---" * (4 + len(POOL)) + "|"]
+             *pool_table(rows)]
     done = [t for t in POOL if t in data["draws"]]
     if len(done) < len(POOL):
-        lines[-2:-2] = [f"**Incomplete: {len(done)} of {len(POOL)} tasks done; means are over those, the gates are "
-                        "fitted and the rule applied once every task is.**", ""]
-    for method, row in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
-        guard = "✓" if all(row["tasks"][t] >= base["tasks"][t] - GUARD for t in base["tasks"]) else "✗"
-        lines.append(f"| {method} | {guard} | {row['mean']:.2f} | {row['mean'] - base['mean']:+.2f} | "
-                     + " | ".join(f"{row['tasks'][t]:.1f}" if t in row["tasks"] else "—" for t in POOL) + " |")
+        lines[-len(rows) - 2:-len(rows) - 2] = [f"**Incomplete: {len(done)} of {len(POOL)} tasks done; means are over "
+                                                "those; the gates are fitted and the rule applied once every task is "
+                                                "done.**", ""]
     if fitted:
         lines += ["", "Gates fitted without each task (statistic: threshold, weight below → above):", "",
                   "| row | " + " | ".join(POOL) + " |", "|---" * (1 + len(POOL)) + "|"]

@@ -69,13 +69,20 @@ GUARD, MARGIN = 1.0, 3.0
 NOT_CANDIDATES = {"patchcore", "student[0]"}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = pool_parser(__doc__)
+def pool_arguments(description: str) -> argparse.ArgumentParser:
+    """The arguments of the benchmarks that score this pool with generic students (this one and
+    ``fewshot_dev_gate.py``): its draws, subsample, cache, tasks and the markdown-only switch."""
+    parser = pool_parser(description)
     parser.set_defaults(seeds=[0], draws=2, max_images=100, cache="benchmarks/.cache/fewshot_dev_tta")
     parser.add_argument("--tasks", nargs="+", default=POOL, choices=POOL)
     parser.add_argument("--held-out", type=int, default=16, help="training normals per synthetic task")
-    parser.add_argument("--name", default="fewshot_dev_tta")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = pool_arguments(__doc__)
+    parser.add_argument("--name", default="fewshot_dev_tta")
     return parser.parse_args()
 
 
@@ -170,22 +177,39 @@ def row_config(row: str) -> AdaptedStudentConfig:
                                 student_scale="held_out" if match[3] else "supports")
 
 
-def select(records: list[dict]) -> dict:
-    """The pre-stated rule (module doc) applied to the complete pool: the best guarded candidate, and whether it beats
-    PatchCore-K by ``MARGIN`` points."""
-    rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
+def apply_rule(rows: dict[str, dict], excluded: set[str] = frozenset()) -> dict:
+    """The pre-stated rule (module doc) over the rows of :func:`fewshot_dev_research.summary` (all but PatchCore-K and
+    ``excluded`` are candidates): each candidate's difference from PatchCore-K, the best guarded one, and whether it
+    beats PatchCore-K by ``MARGIN`` points."""
     base = rows["patchcore"]
     candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
                         "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
-                  for row, r in rows.items() if row not in NOT_CANDIDATES}
+                  for row, r in rows.items() if row != "patchcore" and row not in excluded}
     guarded = {row: c for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD}
     chosen = max(guarded, key=lambda row: guarded[row]["mean"]) if guarded else None
-    met = chosen is not None and guarded[chosen]["difference"] >= MARGIN
-    selection = {"rule": f"among rows using the supports with no pool task more than {GUARD:g} point below "
-                         f"PatchCore-K, the best mean image AUROC; a fourth look at the test folds only if it beats "
-                         f"PatchCore-K's mean by at least {MARGIN:g} points",
-                 "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen, "met": met,
+    return {"rule": f"among rows using the supports with no pool task more than {GUARD:g} point below PatchCore-K, "
+                    f"the best mean image AUROC; a fourth look at the test folds only if it beats PatchCore-K's mean "
+                    f"by at least {MARGIN:g} points",
+            "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen,
+            "met": chosen is not None and guarded[chosen]["difference"] >= MARGIN}
+
+
+def pool_table(rows: dict[str, dict]) -> list[str]:
+    """Markdown table of the rows of :func:`fewshot_dev_research.summary`, best mean first, with the guard column."""
+    base = rows["patchcore"]
+    lines = ["| row | guard | mean | Δ | " + " | ".join(POOL) + " |", "|---" * (4 + len(POOL)) + "|"]
+    for method, row in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
+        guard = "✓" if all(row["tasks"][t] >= base["tasks"][t] - GUARD for t in base["tasks"]) else "✗"
+        lines.append(f"| {method} | {guard} | {row['mean']:.2f} | {row['mean'] - base['mean']:+.2f} | "
+                     + " | ".join(f"{row['tasks'][t]:.1f}" if t in row["tasks"] else "—" for t in POOL) + " |")
+    return lines
+
+
+def select(records: list[dict]) -> dict:
+    """The pre-stated rule applied to the complete pool (:func:`apply_rule`), with the chosen row's scorer."""
+    selection = {**apply_rule(summary(records)[f"lite0@{IMAGE_SIZE}"], NOT_CANDIDATES),
                  "teacher": TEACHER, "image_size": IMAGE_SIZE, "recipe": RECIPE.as_dict()}
+    chosen = selection["chosen"]
     if chosen is not None:
         selection["config"] = row_config(chosen).as_dict()
         selection["scorer"] = row_config(chosen).name
@@ -195,7 +219,6 @@ def select(records: list[dict]) -> dict:
 def markdown(data: dict) -> str:
     tta = data["tta"]
     rows = summary(data["records"])[f"lite0@{IMAGE_SIZE}"]
-    base = rows["patchcore"]
     lines = ["# Test-time adaptation of a generic student on the widened development pool (issue 22, round 4)", "",
              f"Command: `{data['command']}`  ", f"Machine: {data['machine']}  ",
              f"Time: {sum(tta['seconds'].values()) / 60:.1f} min of process time recorded per task, generic students "
@@ -205,12 +228,7 @@ def markdown(data: dict) -> str:
              "`fewshot_dev_research.md` (same images and draws); each task's generic student trained on the other "
              "sources only (inner leave-one-task-out). Image AUROC (%), mean over K and draws per task; Δ = mean "
              f"minus PatchCore-K's on the same supports; guard ✓ = no task more than {GUARD:g} point below PatchCore-K. "
-             "`student[0]` ignores the supports and is not a candidate.", "",
-             "| row | guard | mean | Δ | " + " | ".join(POOL) + " |", "|---" * (4 + len(POOL)) + "|"]
-    for method, row in sorted(rows.items(), key=lambda kv: -kv[1]["mean"]):
-        guard = "✓" if all(row["tasks"][t] >= base["tasks"][t] - GUARD for t in base["tasks"]) else "✗"
-        lines.append(f"| {method} | {guard} | {row['mean']:.2f} | {row['mean'] - base['mean']:+.2f} | "
-                     + " | ".join(f"{row['tasks'][t]:.1f}" if t in row["tasks"] else "—" for t in POOL) + " |")
+             "`student[0]` ignores the supports and is not a candidate.", "", *pool_table(rows)]
     selection = data.get("selection")
     if selection:
         chosen = selection["chosen"]
