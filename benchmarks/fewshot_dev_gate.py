@@ -59,6 +59,7 @@ from sklearn.metrics import roc_auc_score
 from medad.backbones import build_teacher
 from medad.data.images import load_images
 from medad.engine.fewshot import draw_supports
+from medad.engine.generic_student import GenericStudentRecipe
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps,
                                           teacher_features)
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
@@ -78,7 +79,7 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def recipe_for(args: argparse.Namespace):
+def recipe_for(args: argparse.Namespace) -> GenericStudentRecipe:
     """The generic students' recipe (``fewshot_dev_tta.RECIPE``) at the run's input size."""
     return dataclasses.replace(RECIPE, image_size=args.image_size)
 
@@ -143,7 +144,7 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
 STUDENT_TERMS = {"": lambda s: s, "two-sided ": lambda s: np.abs(s - 1.0)}
 
 
-def draw_aurocs(data: dict, prefix: str = "") -> dict[str, dict]:
+def draw_aurocs(data: dict, prefix: str = "") -> dict[str, list[dict]]:
     """Per task: AUROC (%) of PatchCore-K and of every constant weight per draw (the student term of ``prefix``),
     and the draws' statistics."""
     table = {}
