@@ -76,6 +76,15 @@ def test_standardize_measures_distances_in_the_supports_channel_spreads():
     assert torch.allclose(uniform, uniform[:1].expand(3)) and torch.allclose(half, (spread * uniform).sqrt())
 
 
+@pytest.mark.parametrize("block", [1, 7, 50, 10 ** 9])
+def test_nearest_distance_in_blocks_equals_the_nearest_of_all_distances(block):
+    generator = torch.Generator().manual_seed(0)
+    points, bank = torch.randn(23, 5, generator=generator), torch.randn(11, 5, generator=generator)
+    expected = torch.cdist(points, bank).amin(dim=1)
+    assert torch.allclose(nearest_distance(points, bank, block=block), expected, atol=1e-5)
+    assert nearest_distance(points[:0], bank, block=block).shape == (0,)
+
+
 def test_positional_weighs_a_difference_by_how_much_the_supports_differ_there():
     """Supports that differ among themselves in the left half and agree in the right: the same query deviation
     scores equally in both halves of the plain map, but lower on the left than on the right with ``positional``,

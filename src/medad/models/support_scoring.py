@@ -291,15 +291,23 @@ def channel_statistics(patches: torch.Tensor, strength: float = 1.0) -> tuple[to
     return patches.mean(dim=0), (std + 1e-3 * typical) ** strength * typical ** (1.0 - strength)
 
 
+#: entries of the distance matrix :func:`nearest_distance` holds at once (64 MiB of float32)
+DISTANCE_BLOCK = 2 ** 24
+
+
 def squared_distances(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``N×P`` between the rows of ``points`` (N×D) and of ``bank`` (P×D), as one matrix
     product (much faster on the CPU than a batched ``cdist``; may be slightly negative from rounding)."""
     return (points * points).sum(1, keepdim=True) - 2 * points @ bank.T + (bank * bank).sum(1)
 
 
-def nearest_distance(points: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance of each row of ``points`` (N×D) to its nearest row of ``bank`` (P×D)."""
-    return squared_distances(points, bank).amin(dim=1).clamp_min(0).sqrt()
+def nearest_distance(points: torch.Tensor, bank: torch.Tensor, block: int = DISTANCE_BLOCK) -> torch.Tensor:
+    """Euclidean distance of each row of ``points`` (N×D) to its nearest row of ``bank`` (P×D), computed for as many
+    rows at a time as keep the distance matrix within ``block`` entries (N×P grows fast: 100 queries at 224 px
+    against 8 supports' views are 4·10⁹ entries)."""
+    rows = max(1, block // max(1, len(bank)))
+    nearest = [squared_distances(part, bank).amin(dim=1) for part in points.split(rows)]
+    return (torch.cat(nearest) if nearest else points.new_zeros(0)).clamp_min(0).sqrt()
 
 
 def expected_normal_map(loo_maps: torch.Tensor, floor: float) -> torch.Tensor:
