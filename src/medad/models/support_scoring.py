@@ -306,8 +306,10 @@ def nearest_distance(points: torch.Tensor, bank: torch.Tensor, block: int = DIST
     rows at a time as keep the distance matrix within ``block`` entries (N×P grows fast: 100 queries at 224 px
     against 8 supports' views are 4·10⁹ entries)."""
     rows = max(1, block // max(1, len(bank)))
+    if len(points) <= rows:  # one block: no split (an exported graph would fix the split sizes it was traced with)
+        return squared_distances(points, bank).amin(dim=1).clamp_min(0).sqrt()
     nearest = [squared_distances(part, bank).amin(dim=1) for part in points.split(rows)]
-    return (torch.cat(nearest) if nearest else points.new_zeros(0)).clamp_min(0).sqrt()
+    return torch.cat(nearest).clamp_min(0).sqrt()
 
 
 def expected_normal_map(loo_maps: torch.Tensor, floor: float) -> torch.Tensor:
