@@ -321,6 +321,7 @@ def main() -> int:
             results.data["seconds"][task] = time.time() - start
             results.save()
             print(f"{task}: done", flush=True)
+    results.refresh()  # the draws another process saved since this one's last save
     records, fitted = records_and_gates(results.data)
     results.records[:] = records
     if fitted:

@@ -104,8 +104,7 @@ def generic_student(task: str, teacher, args: argparse.Namespace, generic: dict[
         return torch.load(path)
     state, trained_on = train_generic_student_on(teacher, recipe, task, evaluation_samples(task, args), seed=0,
                                                  cache=Path(args.cache))
-    generic[task] = {"images": trained_on["images"],
-                                            "dropped_near_copies": trained_on["dropped_near_copies"]}
+    generic[task] = {"images": trained_on["images"], "dropped_near_copies": trained_on["dropped_near_copies"]}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return state
