@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from medad.backbones import build_teacher
 from medad.models.patchcore import PatchCoreKShot
 from medad.models.support_scoring import (QueryEncoding, SupportBank, SupportScoring, SupportScoringConfig,
                                           augment_supports, channel_statistics, expected_normal_map,
-                                          nearest_distance)
+                                          locally_aware_features, nearest_distance)
+from medad.scoring import DEFAULT_SIGMA, smooth_maps
 
 CANDIDATES = [SupportScoringConfig(),
               SupportScoringConfig(augment="flip"),
@@ -33,12 +35,26 @@ def _images(seed: int, n: int) -> torch.Tensor:
     return (0.6 * base + 0.4 * torch.rand(n, 3, 64, 64, generator=g)).clamp(0, 1)
 
 
-def test_default_config_is_patchcore_k(teacher):
+def _brute_force_patchcore(teacher, supports: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """PatchCore-K written out with ``torch.cdist`` over every query patch and every support patch."""
+    with torch.no_grad():
+        bank = locally_aware_features(teacher(supports))
+        query = locally_aware_features(teacher(queries))
+    bank = bank.permute(0, 2, 3, 1).reshape(-1, bank.shape[1])
+    batch, dim, height, width = query.shape
+    distances = torch.cdist(query.permute(0, 2, 3, 1).reshape(-1, dim), bank).amin(dim=1)
+    maps = F.interpolate(distances.view(batch, 1, height, width), size=queries.shape[-2:], mode="bilinear",
+                         align_corners=False)[:, 0]
+    maps = smooth_maps(maps, DEFAULT_SIGMA)
+    return maps, maps.flatten(1).amax(dim=1)
+
+
+@pytest.mark.parametrize("scorer", ["support_scoring", "patchcore_k_shot"])
+def test_default_config_is_patchcore_k(teacher, scorer):
     supports, queries = _images(0, 3), _images(1, 4)
-    ours = SupportScoring(teacher)
+    ours = SupportScoring(teacher) if scorer == "support_scoring" else PatchCoreKShot(teacher)
     maps, scores = ours.predict(queries, ours.prepare_supports(supports))
-    reference = PatchCoreKShot(teacher)
-    ref_maps, ref_scores = reference.predict(queries, reference.prepare_supports(supports))
+    ref_maps, ref_scores = _brute_force_patchcore(teacher, supports, queries)
     assert torch.allclose(scores, ref_scores, rtol=1e-4, atol=1e-4)
     assert torch.allclose(maps, ref_maps, rtol=1e-4, atol=1e-4)
     assert SupportScoringConfig().name == SupportScoringConfig().method == "patchcore"

@@ -39,6 +39,7 @@ from medad.models.rd4ad import check_finite
 from medad.models.registry import TrainingDefaults, register_method
 from medad.models.student import Student
 from medad.models.support_matching import nearest_support_distances, weighted_support_distance
+from medad.models.support_scoring import flatten_patches
 from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map, distillation_loss, image_scores
 
 #: the anomaly maps the score can combine
@@ -181,9 +182,8 @@ class D24FADNN(FewShotModel):
             maps["tsd"] = anomaly_maps([cosine_distance_map(t, z) for t, z in
                                         zip(queries.teacher, queries.student, strict=True)], size, sigma)
         if "teacher_nn" in self.config.maps:
-            bank = patch_bank.permute(0, 2, 3, 1).reshape(-1, patch_bank.shape[1])
             maps["teacher_nn"] = self.patchcore.score_features(self.patchcore.patch_features_from(queries.teacher),
-                                                               bank, size)[0]
+                                                               flatten_patches(patch_bank), size)[0]
         return maps, weights
 
 

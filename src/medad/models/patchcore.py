@@ -12,14 +12,13 @@ upsampled and smoothed; image score = max of the map.  :class:`PatchCoreFewShot`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medad.backbones.base import Teacher
 from medad.models.rd4ad import check_finite
 from medad.models.support_scoring import (QueryEncoding, SupportBank, SupportScoring, SupportScoringConfig,
-                                          locally_aware_features)
-from medad.scoring import DEFAULT_SIGMA, image_scores, smooth_maps
+                                          flatten_patches, locally_aware_features, nearest_patch_maps)
+from medad.scoring import DEFAULT_SIGMA, image_scores
 
 
 class PatchCoreKShot:
@@ -44,8 +43,7 @@ class PatchCoreKShot:
     @torch.no_grad()
     def prepare_supports(self, support_images: torch.Tensor) -> torch.Tensor:
         check_finite(support_images)
-        features = self.patch_features(support_images)
-        return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+        return flatten_patches(self.patch_features(support_images))
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, bank: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,12 +54,7 @@ class PatchCoreKShot:
     def score_features(self, features: torch.Tensor, bank: torch.Tensor, image_size: tuple[int, int]
                        ) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and scores from precomputed query patch features (reusable across support sets)."""
-        batch, dim, height, width = features.shape
-        patches = features.permute(0, 2, 3, 1).reshape(batch, -1, dim)
-        distances = torch.cdist(patches, bank.unsqueeze(0).expand(batch, -1, -1)).amin(dim=2)
-        maps = F.interpolate(distances.view(batch, 1, height, width), size=image_size,
-                             mode="bilinear", align_corners=False)[:, 0]
-        maps = smooth_maps(maps, self.sigma)
+        maps = nearest_patch_maps(features, bank, image_size, self.sigma)
         return maps, image_scores(maps, "max")
 
 

@@ -245,11 +245,8 @@ class SupportScoring:
     def raw_maps(self, queries: QueryEncoding, bank: SupportBank) -> torch.Tensor:
         """Smoothed nearest-neighbour distance maps ``B×H×W`` (not yet in leave-one-out units; with ``positional``,
         divided by the expected normal map, which puts them in the supports' units)."""
-        batch, _, height, width = queries.patches.shape
-        distances = nearest_distance(bank.standardized(flatten_patches(queries.patches)), bank.patches)
-        maps = F.interpolate(distances.view(batch, 1, height, width), size=queries.image_size, mode="bilinear",
-                             align_corners=False)[:, 0]
-        return bank.positioned(smooth_maps(maps, self.config.sigma))
+        return bank.positioned(nearest_patch_maps(queries.patches, bank.patches, queries.image_size,
+                                                  self.config.sigma, bank.standardized))
 
     @torch.no_grad()
     def score_terms(self, queries: QueryEncoding, bank: SupportBank, maps: torch.Tensor | None = None
@@ -331,6 +328,18 @@ def reduce_map(maps: torch.Tensor, score: str) -> torch.Tensor:
 def global_distance(queries: QueryEncoding, bank: SupportBank) -> torch.Tensor:
     """Cosine distance of each query's pooled feature to its nearest support view."""
     return (1.0 - queries.pooled @ bank.pooled.T).amin(dim=1)
+
+
+def nearest_patch_maps(patches: torch.Tensor, bank: torch.Tensor, image_size: tuple[int, int], sigma: float,
+                       transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Maps ``B×H×W``: each query patch's (``B×D×h×w``) distance to its nearest bank row (``P×D``), upsampled to
+    ``image_size`` and smoothed; ``transform`` maps the query rows into the bank's units first."""
+    batch, _, height, width = patches.shape
+    rows = flatten_patches(patches)
+    distances = nearest_distance(rows if transform is None else transform(rows), bank)
+    maps = F.interpolate(distances.view(batch, 1, height, width), size=image_size, mode="bilinear",
+                         align_corners=False)[:, 0]
+    return smooth_maps(maps, sigma)
 
 
 def flatten_patches(patches: torch.Tensor) -> torch.Tensor:
