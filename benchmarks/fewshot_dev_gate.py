@@ -60,7 +60,7 @@ from medad.backbones import build_teacher
 from medad.data.images import load_images
 from medad.engine.fewshot import draw_supports
 from medad.engine.generic_student import GenericStudentRecipe
-from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, adapt_student, student_maps,
+from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, load_student, student_maps,
                                           teacher_features)
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
@@ -108,8 +108,7 @@ def score_draw(scorer: AdaptedStudentScoring, state: dict[str, torch.Tensor], su
     student_term = reduce_map(student_maps(prepared.model, features, image_size), "top1") / prepared.student_scale
     originals = teacher_features(scorer.teacher, supports)
     in_sample = reduce_map(student_maps(prepared.model, originals, image_size), "top1").numpy()
-    generic_model = adapt_student(scorer.teacher, state, originals, 0, scorer.config.learning_rate)
-    generic = reduce_map(student_maps(generic_model, originals, image_size), "top1").numpy()
+    generic = reduce_map(student_maps(load_student(scorer.teacher, state), originals, image_size), "top1").numpy()
     support_loo = scorer.leave_one_out_scores(supports, prepared, seed=draw).numpy()  # weight 0: support term only
     held_out = prepared.held_out_student.numpy()
     return {"support_term": support_term.tolist(), "student_term": student_term.tolist(),

@@ -8,7 +8,7 @@ import torch
 from medad.backbones import build_teacher
 from medad.engine.fewshot import leave_one_out_scores
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentFewShot, AdaptedStudentScoring,
-                                          TeacherQueries, adapt_student, student_maps, teacher_features,
+                                          TeacherQueries, adapt_student, load_student, student_maps, teacher_features,
                                           train_generic_student)
 from medad.models.rd4ad import RD4AD
 from medad.models.support_scoring import SupportScoring, SupportScoringConfig, augment_supports, reduce_map
@@ -43,7 +43,8 @@ def test_generic_training_is_seeded_and_changes_the_student(teacher, generic_sta
 
 def test_adaptation_lowers_the_loss_on_the_supports(teacher, generic_state):
     views = teacher_features(teacher, _images(0, 4))
-    before = adapt_student(teacher, generic_state, views, steps=0, learning_rate=1e-3)
+    before = load_student(teacher, generic_state)
+    assert not before.student.training
     after = adapt_student(teacher, generic_state, views, steps=8, learning_rate=1e-3)
     with torch.no_grad():  # the commands score under no_grad: adaptation must still train
         again = adapt_student(teacher, generic_state, views, steps=8, learning_rate=1e-3)

@@ -109,6 +109,11 @@ def train_generic_student(teacher: Teacher, features: list[torch.Tensor], steps:
     return {key: value.detach().clone() for key, value in model.student.state_dict().items()}
 
 
+def load_student(teacher: Teacher, state: dict[str, torch.Tensor]) -> RD4AD:
+    """An RD4AD model in evaluation mode whose student is ``state`` (a generic student, not adapted)."""
+    return _student_model(teacher, state).eval()
+
+
 def adapt_student(teacher: Teacher, state: dict[str, torch.Tensor], view_features: list[torch.Tensor], steps: int,
                   learning_rate: float, seed: int = 0) -> RD4AD:
     """An RD4AD model whose student starts from ``state`` and is fine-tuned for ``steps`` full-batch steps on the
