@@ -107,7 +107,8 @@ def card_markdown(card: dict) -> str:
         f"* On the development pool (`fewshot_dev_tta.md`, 10 tasks, K 2/4/8) this scorer beat PatchCore-K by "
         f"{card['development']['difference']:+.1f} points of mean image AUROC, every task by at least "
         f"{card['development']['worst_task_difference']:+.1f}; that is under the 3-point margin that would have opened "
-        "the test folds, so it is an option, not the default, and it has not been measured on them.",
+        "the test folds, and it has not been measured on them. It is medad's default few-shot scorer by round 8's rule "
+        "(`docs/METHODS.md`): the best on that pool with no task more than a point below PatchCore-K.",
         "* A heavier student term gains more where the abnormality is focal (brain MRI, head CT, dermoscopy, chest "
         "X-ray) and loses where a task's normal images vary more than the student can follow from K references "
         "(glaucoma fundus crops); the held-out unit is what keeps this one from losing there.",

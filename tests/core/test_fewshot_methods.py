@@ -1,6 +1,6 @@
-"""Few-shot commands without a checkpoint: the bundled model by default, training-free PatchCore-K with
-``--method patchcore``, the bundled generic student adapted to the references with ``--method adapted_student``,
-another model with ``--checkpoint`` (a run folder, a demo folder or a file)."""
+"""Few-shot commands without a checkpoint: the bundled generic student adapted to the references by default
+(``--method adapted_student``), the bundled D²4FAD-NN with ``--method d24fad_nn``, training-free PatchCore-K with
+``--method patchcore``, another model with ``--checkpoint`` (a run folder, a demo folder or a file)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from medad.checkpoints import MODEL_FILE
 from medad.cli.main import main
 from medad.engine.run_folder import DEMO_MODEL_DIR
-from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS, checkpoint_file, load_scorer
+from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, checkpoint_file, load_scorer
 from medad.pretrained import BUNDLED_NAME, GENERIC_NAME, generic_student_checkpoint
 
 
@@ -28,9 +28,8 @@ def _score(args: list[str], phantom_chest, out) -> dict[str, float]:
         return {row["path"]: float(row["score"]) for row in csv.DictReader(handle)}
 
 
-def test_score_without_a_checkpoint_uses_the_bundled_model_and_says_so(phantom_chest, tmp_path, capsys):
-    assert DEFAULT_FEWSHOT_METHOD in FEWSHOT_METHODS
-    bundled = _score([], phantom_chest, tmp_path / "bundled")
+def test_score_with_d24fad_nn_uses_the_bundled_model_and_says_so(phantom_chest, tmp_path, capsys):
+    bundled = _score(["--method", "d24fad_nn"], phantom_chest, tmp_path / "bundled")
     assert BUNDLED_NAME in capsys.readouterr().out
     record = json.loads((tmp_path / "bundled/scores.json").read_text())
     assert record["checkpoint"]["name"].startswith(BUNDLED_NAME)
@@ -103,9 +102,9 @@ def test_the_web_app_imports_nothing_from_the_cli():
     assert loaded == "[]"
 
 
-def test_adapted_student_scores_with_the_bundled_generic_student_and_caches_its_supports(phantom_chest, tmp_path,
-                                                                                          capsys):
-    adapted = _score(["--method", "adapted_student"], phantom_chest, tmp_path / "adapted")
+def test_the_default_adapts_the_bundled_generic_student_and_caches_its_supports(phantom_chest, tmp_path, capsys):
+    assert DEFAULT_FEWSHOT_METHOD == "adapted_student"
+    adapted = _score([], phantom_chest, tmp_path / "adapted")
     assert GENERIC_NAME in capsys.readouterr().out
     record = json.loads((tmp_path / "adapted/scores.json").read_text())
     assert record["checkpoint"]["method"] == "adapted_student" and record["checkpoint"]["name"].startswith(GENERIC_NAME)

@@ -63,7 +63,7 @@ def _reference_images(reference: dict, size: int) -> tuple[torch.Tensor, torch.T
 
 def test_the_bundled_model_reproduces_the_cards_scores_on_shared_images():
     reference = model_card()["reference"]
-    scorer = load_scorer()  # the bundled model
+    scorer = load_scorer("d24fad_nn")  # the bundled model
     supports, queries = _reference_images(reference, scorer.image_size)
     with torch.no_grad():
         _, scores = scorer.model.predict(queries, scorer.model.prepare_supports(supports))

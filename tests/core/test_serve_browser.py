@@ -51,8 +51,8 @@ def _images(phantom_chest) -> tuple[list[Path], list[Path]]:
 
 @pytest.fixture
 def server():
-    """``python -m medad serve`` (no --checkpoint: the bundled model and PatchCore-K) on a free port; yields (url,
-    temporary folder), then stops it with Ctrl-C."""
+    """``python -m medad serve`` (no --checkpoint: the bundled scorers, the adapted student the default) on a free
+    port; yields (url, temporary folder), then stops it with Ctrl-C."""
     # the server computes on as many threads as this process, so that its float32 sums match the CLI's here
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "medad", "serve", "--port", "0", "--device", "cpu"],
@@ -119,8 +119,8 @@ def test_browser_upload_shows_the_cli_scores_and_a_clear_error(server, browser, 
     shown = {row.find_element(By.CLASS_NAME, "name").text: row.find_element(By.CLASS_NAME, "score").text
              for row in rows}
 
-    cli = _cli_scores([], references, queries, tmp_path / "cli")  # the bundled model, as the page's default
-    assert "Scored with medad bundled" in browser.find_element(By.ID, "model").text
+    cli = _cli_scores([], references, queries, tmp_path / "cli")  # the default scorer, as the page's default
+    assert "Scored with medad bundled generic student" in browser.find_element(By.ID, "model").text
     assert set(page) == {path.name for path in queries}
     for name, score in cli.items():
         assert page[name] == pytest.approx(score, abs=1e-6)

@@ -110,7 +110,7 @@ def add_scorer_options(parser: argparse.ArgumentParser) -> None:
                              "(stronger on focal lesions, slower: it trains a few seconds per reference set) "
                              f"(default: {DEFAULT_FEWSHOT_METHOD}, or the checkpoint's)")
     parser.add_argument("--checkpoint", help="another few-shot model: a run folder, a demo folder or a .safetensors "
-                                             "file (default: the bundled model)")
+                                             "file (default: the bundled model of --method)")
 
 
 def load_chosen_scorer(args: argparse.Namespace, device: torch.device | str) -> ScoringModel:

@@ -1,9 +1,10 @@
 """``medad demo``: the README's main job — few-shot anomaly detection on a task the model never saw, in seconds.
 
-By default it loads medad's bundled model (:mod:`medad.pretrained`) and scores the test split of the head-CT
-task (``headct``, held out of the bundled model's training) from K normal references drawn from its training
-normals, beside training-free PatchCore-K on the same references; prints AUROC/AP/F1-max of both and writes
-heat maps.  ``--train`` keeps the longer demo: train a D²4FAD-NN model on four shared tasks, then score the
+By default it scores the test split of the head-CT task (``headct``, held out of the training of medad's bundled
+models, :mod:`medad.pretrained`) from K normal references drawn from its training normals with the default few-shot
+scorer (support scoring plus the bundled generic student adapted to the references), beside training-free
+PatchCore-K and the bundled D²4FAD-NN on the same references; prints AUROC/AP/F1-max of each and writes the
+default's heat maps.  ``--train`` keeps the longer demo: train a D²4FAD-NN model on four shared tasks, then score the
 unseen brain-tumour MRI task.  Without the shared data (``--data-root``, ``$MEDAD_DATA_ROOT`` or
 ``../shared/data``) both run on synthetic phantom tasks, and say so.
 """
@@ -25,9 +26,8 @@ from medad.options import number_type
 
 #: the bundled model's demo: its held-out task
 BUNDLED_TARGET = "headct"
-#: the scorers the demo compares (``adapted_student`` is left out: it fine-tunes K + 1 students, which would double
-#: the demo's time; ``medad fewshot evaluate --method adapted_student`` scores any task with it)
-DEMO_METHODS = ("d24fad_nn", "patchcore")
+#: the scorers the demo compares, the default first
+DEMO_METHODS = (DEFAULT_FEWSHOT_METHOD, "patchcore", "d24fad_nn")
 #: the --train demo: training tasks and the unseen target
 SHARED_TRAIN = ["headct", "brainmri", "zhanglab", "nih_cxr"]
 SHARED_TARGET = "brain_tumor"
@@ -39,10 +39,10 @@ SUPPORT_CAVEAT = ("the K references are drawn at random from the task's training
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
-        "demo", help="few-shot demo: the bundled model scores an unseen task from K normal references",
-        description="Score the head-CT task, which medad's bundled few-shot model never saw, from K normal "
-                    "references, beside training-free PatchCore-K (seconds); --train trains a model first "
-                    "(minutes).")
+        "demo", help="few-shot demo: medad scores an unseen task from K normal references",
+        description="Score the head-CT task, which medad's bundled models never saw, from K normal references with "
+                    "the default few-shot scorer, beside training-free PatchCore-K and the bundled D²4FAD-NN (under "
+                    "a minute); --train trains a model first (minutes).")
     demo.add_argument("--out", default="runs/demo", help="folder for the scores, heat maps and demo.json")
     demo.add_argument("--data-root", dest="data_root",
                       help="folder holding the shared data sets (default: $MEDAD_DATA_ROOT or ../shared/data)")
@@ -103,12 +103,12 @@ def _bundled_demo(args: argparse.Namespace, run: RunFolder, device, root: Path |
     from medad.data.tasks import load_task
     from medad.engine.fewshot import draw_supports, evaluate_fewshot
     from medad.engine.scorers import load_scorer
-    from medad.pretrained import CARD_MD, bundled_checkpoint
+    from medad.pretrained import CARD_MD, GENERIC_CARD_MD, GENERIC_METHOD
 
     started = time.perf_counter()
     target = (load_task(BUNDLED_TARGET, root=root, seed=args.seed) if root is not None else
               _phantom(run.file(DEMO_PHANTOMS_DIR), "phantom_target", "head", args.seed + 99, 20, 30, 128))
-    methods = [DEFAULT_FEWSHOT_METHOD, *(m for m in DEMO_METHODS if m != DEFAULT_FEWSHOT_METHOD)]
+    methods = list(DEMO_METHODS)
     scorers = {method: load_scorer(method, None, "imagenet", device) for method in methods}
     for method, scorer in scorers.items():
         console.info(f"method {method}: {scorer.name}")
@@ -142,10 +142,14 @@ def _bundled_demo(args: argparse.Namespace, run: RunFolder, device, root: Path |
                                "methods": {method: {"model": scorers[method].record(), **evaluations[method].metrics}
                                            for method in methods}, "seconds": seconds})
     console.info(f"done in {seconds:.0f} s")
-    console.info(f"model: {bundled_checkpoint()} (model card: {bundled_checkpoint().with_name(CARD_MD)})")
+    for method in methods:
+        if scorers[method].checkpoint is not None:
+            card = GENERIC_CARD_MD if method == GENERIC_METHOD else CARD_MD
+            console.info(f"{method} model: {scorers[method].checkpoint} (model card: "
+                         f"{scorers[method].checkpoint.with_name(card)})")
     console.info(f"outputs: {run.path}: heat maps of the 8 least and 8 most anomalous test images ({methods[0]}) in "
-                 f"{run.file(HEATMAPS_DIR)}, scores in {run.file(SCORES_CSV)}, both methods' metrics in "
-                 f"{run.file(DEMO_FILE)}")
+                 f"{run.file(HEATMAPS_DIR)}, scores in {run.file(SCORES_CSV)} ({methods[0]}), every method's "
+                 f"metrics in {run.file(DEMO_FILE)}")
 
 
 def _shared_queries(scorers: dict, test_images) -> dict:

@@ -9,7 +9,7 @@ from medad import __version__, console
 from medad.cli.common import add_quiet_option
 from medad.cli.errors import CliError
 from medad.engine.run_folder import RunFolder
-from medad.engine.scorers import DEFAULT_FEWSHOT_METHOD, FEWSHOT_METHODS
+from medad.engine.scorers import DEFAULT_EXPORT_METHOD, FEWSHOT_METHODS
 from medad.io_utils import write_json
 from medad.models.registry import methods
 
@@ -29,9 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--method", choices=FEWSHOT_METHODS,
                         help="without --checkpoint: d24fad_nn (medad's bundled few-shot model) or patchcore "
                              "(PatchCore-K on the teacher, training-free); adapted_student cannot be exported "
-                             f"(default: {DEFAULT_FEWSHOT_METHOD})")
+                             f"(default: {DEFAULT_EXPORT_METHOD})")
     export.add_argument("--checkpoint", help="run folder, demo folder or model.safetensors, of any method (default: "
-                                             "the bundled few-shot model, or --method)")
+                                             "--method)")
     export.add_argument("--format", choices=FORMATS, default="onnx", help="graph format")
     export.add_argument("--out", required=True, help="file to write (e.g. model.onnx, model.pt)")
     export.add_argument("--support", nargs="+", metavar="IMAGE_OR_DIR",
@@ -67,7 +67,7 @@ def run_export(args: argparse.Namespace) -> int:
         model, meta = load_trained_model(checkpoint_file(args.checkpoint), args.weights, device="cpu")
         console.info(f"model: {meta['method']} checkpoint {args.checkpoint}")
     else:
-        scorer = load_scorer(args.method, None, args.weights, "cpu")
+        scorer = load_scorer(args.method or DEFAULT_EXPORT_METHOD, None, args.weights, "cpu")
         model, meta = scorer.model, scorer.meta
         console.info(f"model: {scorer.name}")
     size = meta["image_size"]

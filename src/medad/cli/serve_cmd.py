@@ -20,8 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     serve = subparsers.add_parser(
         "serve", help="a local web app: score query images against K normal references in the browser",
         description="Serve a page where K normal reference images and query images (PNG, JPEG or DICOM) are "
-                    "uploaded and scored as `medad fewshot score` scores them, with the learned model (medad's bundled "
-                    "one, or --checkpoint) or training-free PatchCore-K, as the user picks: per "
+                    "uploaded and scored as `medad fewshot score` scores them, with the adapted student (the default), "
+                    "the learned model (medad's bundled D²4FAD-NN, or --checkpoint) or training-free PatchCore-K, as "
+                    "the user picks: per "
                     "query the score, the verdict and a heat map, and the results as CSV. Uploads are kept in a "
                     "temporary folder that is removed when the app stops (Ctrl-C).")
     add_scorer_options(serve)

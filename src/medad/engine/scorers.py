@@ -25,8 +25,12 @@ if TYPE_CHECKING:
 #: the learned model (medad's bundled D²4FAD-NN unless a checkpoint names another), PatchCore-K on its teacher, and
 #: support scoring plus medad's bundled generic student adapted to the supports
 FEWSHOT_METHODS = ("d24fad_nn", "patchcore", "adapted_student")
-#: what every few-shot command scores with when ``--method`` is not given
-DEFAULT_FEWSHOT_METHOD = "d24fad_nn"
+#: what every few-shot command scores with when ``--method`` is not given: by round 8's rule (docs/METHODS.md), the
+#: best scorer on the development pool with no task more than a point below PatchCore-K
+DEFAULT_FEWSHOT_METHOD = "adapted_student"
+#: what ``export`` writes when neither ``--method`` nor ``--checkpoint`` is given: the best exportable scorer by the
+#: same rule (the adapted student fine-tunes on the references, so it has no fixed graph)
+DEFAULT_EXPORT_METHOD = "patchcore"
 #: PatchCore-K's input size: the bundled model's (and the few-shot benchmark's)
 PATCHCORE_IMAGE_SIZE = 128
 
@@ -68,7 +72,8 @@ def checkpoint_file(path: str | Path) -> Path:
 def load_scorer(method: str | None = None, checkpoint: str | Path | None = None,
                 teacher_weights: str | Path | None = "imagenet", device: str | torch.device = "cpu") -> ScoringModel:
     """The scorer a command asked for: ``checkpoint`` (any few-shot checkpoint), else ``method`` (default
-    :data:`DEFAULT_FEWSHOT_METHOD`): the bundled learned model, or PatchCore-K on its teacher."""
+    :data:`DEFAULT_FEWSHOT_METHOD`): the bundled learned model, PatchCore-K on its teacher, or support scoring with
+    the bundled generic student adapted to the references."""
     method = method or (None if checkpoint else DEFAULT_FEWSHOT_METHOD)
     if method is not None and method not in FEWSHOT_METHODS:
         raise ValueError(f"unknown few-shot method {method!r}; choose one of {', '.join(FEWSHOT_METHODS)}")
