@@ -48,12 +48,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import time
 
 import numpy as np
 import torch
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import GUARD, RECIPE, TEACHER, apply_rule, generic_student, pool_arguments, pool_table
+from fewshot_dev_tta import (GUARD, RECIPE, TEACHER, apply_rule, generic_student, pool_arguments, pool_table,
+                             run_pending_tasks)
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
@@ -311,15 +311,7 @@ def main() -> int:
     results.data.setdefault("image_size", args.image_size)
     if not args.markdown_only:
         torch.manual_seed(0)
-        teacher = build_teacher(TEACHER)
-        for task in args.tasks:
-            if task in results.data["draws"]:
-                continue
-            start = time.time()
-            run_task(results, teacher, task, args)
-            results.data["seconds"][task] = time.time() - start
-            results.save()
-            print(f"{task}: done", flush=True)
+        run_pending_tasks(results, build_teacher(TEACHER), args, lambda task: task in results.data["draws"], run_task)
     results.refresh()  # the draws another process saved since this one's last save
     records, fitted = records_and_gates(results.data)
     results.records[:] = records

@@ -28,12 +28,12 @@ The rules, written in ``docs/METHODS.md`` (round 8) before this benchmark was ru
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import GUARD, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table
+from fewshot_dev_tta import (GUARD, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table,
+                             run_pending_tasks)
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
@@ -186,15 +186,8 @@ def main() -> int:
     for key in ("trained_on", "seconds"):
         results.data.setdefault(key, {})
     if not args.markdown_only:
-        teacher = build_teacher(TEACHER)
-        for task in args.tasks:
-            if results.has(task=task, method=METHOD):
-                continue
-            start = time.time()
-            run_task(results, teacher, task, args)
-            results.data["seconds"][task] = time.time() - start
-            results.save()
-            print(f"{task}: done", flush=True)
+        run_pending_tasks(results, build_teacher(TEACHER), args, lambda task: results.has(task=task, method=METHOD),
+                          run_task)
     results.refresh()  # the tasks another process saved since this one's last save
     if all(results.has(task=task, method=METHOD) for task in POOL):
         rows = summary(results.records)[f"lite0@{IMAGE_SIZE}"]

@@ -38,6 +38,7 @@ import argparse
 import itertools
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,21 @@ def pool_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--held-out", type=int, default=16, help="training normals per synthetic task")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
     return parser
+
+
+def run_pending_tasks(results: BenchmarkResults, teacher, args: argparse.Namespace,
+                      done: Callable[[str], bool], run_task: Callable[..., None]) -> None:
+    """``run_task(results, teacher, task, args)`` for each of ``args.tasks`` not ``done``; its time goes into
+    ``results.data["seconds"]`` and the file is saved after each task (the benchmarks that score this pool with
+    their own rows: ``fewshot_dev_gate.py``, ``fewshot_dev_learned.py``)."""
+    for task in args.tasks:
+        if done(task):
+            continue
+        start = time.time()
+        run_task(results, teacher, task, args)
+        results.data["seconds"][task] = time.time() - start
+        results.save()
+        print(f"{task}: done", flush=True)
 
 
 def parse_args() -> argparse.Namespace:
