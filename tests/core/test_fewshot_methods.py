@@ -79,7 +79,7 @@ def test_evaluate_with_patchcore_needs_no_checkpoint(phantom_chest, tmp_path, ca
     assert len(list(out.glob("heatmaps_*_k2/index.csv"))) == 1
 
 
-def test_export_patchcore_scores_as_fewshot_score(phantom_chest, tmp_path):
+def test_export_writes_patchcore_by_default_and_scores_as_fewshot_score(phantom_chest, tmp_path):
     pytest.importorskip("onnxruntime")
     from medad.export import onnx_session, run_onnx
     from medad.cli.inputs import load_inputs
@@ -87,7 +87,7 @@ def test_export_patchcore_scores_as_fewshot_score(phantom_chest, tmp_path):
     supports = [str(s.path) for s in phantom_chest.train[:3]]
     queries = [str(s.path) for s in phantom_chest.test[4:9]]
     out = tmp_path / "patchcore.onnx"
-    assert main(["export", "--method", "patchcore", "--support", *supports, "--out", str(out), "--quiet"]) == 0
+    assert main(["export", "--support", *supports, "--out", str(out), "--quiet"]) == 0  # the exportable default
     _, scores = run_onnx(onnx_session(out), load_inputs(queries, 128, flag="test").tensor())
     cli = _score(["--method", "patchcore"], phantom_chest, tmp_path / "cli")
     assert scores.tolist() == pytest.approx([cli[q] for q in queries], abs=1e-3)
