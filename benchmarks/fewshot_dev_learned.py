@@ -27,14 +27,14 @@ The rules, written in ``docs/METHODS.md`` (round 8) before this benchmark was ru
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import torch
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import (GUARD, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table,
+from fewshot_dev_tta import (GUARD, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table, record,
                              run_pending_tasks)
-from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
 from medad.data.images import load_images
@@ -106,20 +106,14 @@ def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
     with torch.no_grad():
         queries = [model.encode_queries(images[i:i + CHUNK]) for i in range(0, len(images), CHUNK)]
         plain = SupportScoring.encoding_from_teacher(teacher(images), tuple(images.shape[-2:]))
-        for seed in args.seeds:
-            for k in args.k:
-                for draw in range(args.draws):
-                    supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)],
-                                              IMAGE_SIZE, workers=0)
-                    bank = model.prepare_supports(supports)
-                    scores = {METHOD: torch.cat([model.score_encoded(q, bank)[1] for q in queries]),
-                              "patchcore": patchcore.score_encoded(plain, patchcore.prepare_supports(supports))[1]}
-                    for method, values in scores.items():
-                        results.records.append({
-                            "method": method, "task": task, "seed": seed, "k": k, "support_draw": draw,
-                            "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-                            "features": f"lite0@{IMAGE_SIZE}",
-                            "image_auroc": float(roc_auc_score(labels, values.numpy()))})
+        for key in itertools.product(args.seeds, args.k, range(args.draws)):
+            seed, k, draw = key
+            supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
+                                      workers=0)
+            bank = model.prepare_supports(supports)
+            record(results, METHOD, task, key, labels, torch.cat([model.score_encoded(q, bank)[1] for q in queries]))
+            record(results, "patchcore", task, key, labels,
+                   patchcore.score_encoded(plain, patchcore.prepare_supports(supports))[1])
 
 
 def product_default(rows: dict[str, dict], tta_rows: dict[str, dict]) -> dict:
