@@ -57,9 +57,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_weight
-from fewshot_dev_learned import IMAGE_SIZE, KS, SEED
+from fewshot_dev_learned import IMAGE_SIZE, KS, METHOD, SEED
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import GUARD, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table, run_pending_tasks
+from fewshot_dev_tta import GUARD, RECIPE, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table, run_pending_tasks
 from sklearn.metrics import roc_auc_score
 
 from medad.data.images import load_images
@@ -67,14 +67,20 @@ from medad.data.near_duplicates import drop_near_duplicates
 from medad.data.registry import list_tasks
 from medad.engine.fewshot import draw_supports
 from medad.engine.generic_student import own_sources, source_samples
+from medad.models.adapted_student import AdaptedStudentConfig
 from medad.models.d24fad_nn import D24FADNN
 from medad.models.factory import load_trained_model
+from medad.models.registry import method_info
 from medad.models.support_scoring import SupportScoring, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 from medad.scoring import anomaly_maps, cosine_distance_map
 
 #: base → weight of round 5's student term in it
 BASES = {"support": 0.0, "adapted": 0.25}
+#: the adapted student of round 5's terms (its weight is the base's)
+ADAPTED_CONFIG = AdaptedStudentConfig(steps=50, student_scale="held_out")
+#: T→S term → the unit its query scores are divided by
+TERM_UNITS = {"tsd": "supports_mean", "tsd/nn": "nearest_support"}
 #: T→S term → its value per query from (the queries' T→S scores, the supports', each query's most similar support):
 #: in units of the supports' mean (round 9) or of the most similar support's own score (round 10)
 TERMS = {"tsd": lambda queries, supports, nearest: queries / max(float(supports.mean()), 1e-6),
@@ -165,6 +171,8 @@ def draw_table(tsd: dict, gate_draws: dict, base: str, term: str) -> dict[str, l
     (the table of ``fewshot_dev_gate.fit_gate``)."""
     table = {}
     for task, saved in tsd.items():
+        if not task_done(tsd, task):
+            continue
         labels, round5 = np.array(saved["labels"]), gate_draws[task]
         if saved["labels"] != round5["labels"]:
             raise ValueError(f"{task}: round 5's queries are not this run's")
@@ -195,7 +203,7 @@ def records_and_gates(tsd: dict, gate_draws: dict) -> tuple[list[dict], dict[str
                         "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
                         "features": f"lite0@{IMAGE_SIZE}", "image_auroc": auroc / 100})
 
-    tasks = [t for t in POOL if t in tsd]
+    tasks = [t for t in POOL if task_done(tsd, t)]
     for base, term in itertools.product(BASES, TERMS):
         table = draw_table(tsd, gate_draws, base, term)
         for task in tasks:
@@ -235,6 +243,10 @@ def select(tsd: dict, gate_draws: dict, records: list[dict]) -> dict:
         adapted = rows["adapted"]["mean"]
         selection["product_default"] = {"adapted_student_mean": adapted,
                                         "changes": rows[chosen]["mean"] > adapted}
+        selection["scorer"] = {"adapted_student": {**ADAPTED_CONFIG.as_dict(), "weight": BASES[base]},
+                               "generic_recipe": RECIPE.as_dict(), "tsd_unit": TERM_UNITS[term],
+                               "tsd_model": {"method": METHOD, "epochs": method_info(METHOD).training.epochs,
+                                             "ks": list(KS), "image_size": IMAGE_SIZE, "teacher": TEACHER}}
     return selection
 
 
@@ -252,7 +264,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              "Image AUROC (%), mean over K and draws per task; Δ = mean minus PatchCore-K's "
              f"on the same supports; guard ✓ = no task more than {GUARD:g} point below PatchCore-K. `gate[…]` rows: "
              "each task's gate fitted on the other nine tasks.", ""]
-    done = [t for t in POOL if t in data["tsd"]]
+    done = [t for t in POOL if task_done(data["tsd"], t)]
     if len(done) < len(POOL):
         lines += [f"**Incomplete: {len(done)} of {len(POOL)} tasks done; means are over those; the gates are fitted "
                   "and the rules applied once every task is done.**", ""]

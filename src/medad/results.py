@@ -8,6 +8,7 @@ same command, skips the records it already has.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import json
 import multiprocessing
@@ -31,6 +32,8 @@ import torch
 from medad.io_utils import write_json, write_text
 
 RESULTS_DIR = "benchmarks/results"
+#: the sections that describe this run (its machine and date), never taken from another process's save
+HEADER = ("benchmark", "command", "machine", "created")
 RECORD_KEY = ("method", "task", "seed", "k", "support_draw", "backbone", "image_size", "protocol", "epochs",
               "selection")
 
@@ -134,10 +137,10 @@ class BenchmarkResults:
                                      "created": date.today().isoformat(), "records": [], "speed": []}
         previous = self._saved() if resume else None
         if previous is not None:
-            header = ("benchmark", "command", "machine", "created")
-            self.data.update({key: value for key, value in previous.items() if key not in header})
+            self.data.update({key: value for key, value in previous.items() if key not in HEADER})
             self.data["records"] = [r for r in previous.get("records", []) if self.keep(r)]
             self.data.setdefault("speed", [])
+        self._synced = self._sections()
 
     @property
     def records(self) -> list[dict[str, Any]]:
@@ -165,18 +168,24 @@ class BenchmarkResults:
         saved = json.loads(self.path.read_text())
         return saved if saved.get("command") == self.data["command"] else None
 
+    def _sections(self) -> dict[str, Any]:
+        """A copy of every section but the records and the header: what the file held when this process last read
+        or wrote it, to tell what this process changed since from what it only read."""
+        return copy.deepcopy({key: value for key, value in self.data.items() if key not in (*HEADER, "records")})
+
     def refresh(self) -> None:
-        """Add what other processes running the same command have saved since (records and sections)."""
+        """Take what other processes running the same command have saved since (records and sections)."""
         saved = self._saved()
         if saved is not None:
             self._merge(saved)
+        self._synced = self._sections()
 
     def save(self) -> None:
         """Write the file atomically, keeping what another process running the same command wrote meanwhile.
 
         Several processes may share one results file (e.g. one per fold): under a lock, records they
-        added are merged in (by record key) and so are the entries of dict-valued sections, at any depth,
-        this process does not have (:meth:`refresh`).
+        added are merged in (by record key), and so are the entries of dict-valued sections, at any depth, that
+        this process has not changed since it last read or wrote the file (:meth:`refresh`).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_suffix(".lock"), "w") as lock:
@@ -187,19 +196,26 @@ class BenchmarkResults:
     def _merge(self, other: dict[str, Any]) -> None:
         known = {record_identity(r) for r in self.records}
         self.records.extend(r for r in other.get("records", []) if record_identity(r) not in known and self.keep(r))
-        _merge_missing(self.data, {section: value for section, value in other.items() if section != "records"})
+        _merge_unchanged(self.data, {key: value for key, value in other.items() if key not in (*HEADER, "records")},
+                         self._synced)
 
     def write_markdown(self, text: str) -> None:
         write_text(self.path.with_suffix(".md"), text)
 
 
-def _merge_missing(mine: dict[str, Any], other: dict[str, Any]) -> None:
-    """Add to ``mine`` what only ``other`` has, at any depth of nested dicts (``mine`` wins where both have a value)."""
+def _merge_unchanged(mine: dict[str, Any], other: dict[str, Any], synced: dict[str, Any]) -> None:
+    """A three-way merge, at any depth of nested dicts: take ``other``'s value where ``mine`` still has the one it had
+    when last ``synced`` (this process did not change it) or has none but did not remove it (``other`` changed it
+    since, or it was never synced); keep ``mine`` where this process changed or removed it since."""
     for key, value in other.items():
         if key not in mine:
-            mine[key] = value
+            if key not in synced or synced[key] != value:
+                mine[key] = value
         elif isinstance(value, dict) and isinstance(mine[key], dict):
-            _merge_missing(mine[key], value)
+            base = synced.get(key)
+            _merge_unchanged(mine[key], value, base if isinstance(base, dict) else {})
+        elif key in synced and mine[key] == synced[key]:
+            mine[key] = value
 
 
 def mean_std(values: Iterable[float], scale: float = 100.0) -> str:

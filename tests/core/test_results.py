@@ -53,12 +53,32 @@ def test_processes_sharing_a_file_keep_each_others_nested_entries(tmp_path):
     second.save()
     merged = json.loads((tmp_path / "nested.json").read_text())["selection"]
     assert merged == {"tasks": {"brainmri": {"a": 0.5, "b": 0.8}}, "chosen": "a"}  # the saving process wins ties
-    first.refresh()  # without saving: learns what the other process wrote
-    assert first.data["selection"]["chosen"] == "a" and first.data["selection"]["tasks"]["brainmri"]["a"] == 0.75
+    first.refresh()  # without saving: learns what the other process wrote, over values it had not changed since
+    assert first.data["selection"] == merged
     second.add_record({"method": "m", "task": "t", "seed": 0})
     assert not first.has(method="m")
     first.refresh()
     assert first.has(method="m", seed=0)
+
+
+def test_an_entry_rewritten_by_one_process_is_not_reverted_by_another_holding_the_old_one(tmp_path):
+    command = "python benchmarks/rewrite.py"
+    setup = BenchmarkResults("rewrite", command, directory=tmp_path)
+    setup.data["scores"] = {"a": {"version": 1}, "b": {"version": 1}}
+    setup.save()
+    first = BenchmarkResults("rewrite", command, directory=tmp_path)
+    second = BenchmarkResults("rewrite", command, directory=tmp_path)
+    first.data["scores"]["a"] = {"version": 2}  # each process recomputes its own entry
+    second.data["scores"]["b"] = {"version": 2}
+    first.save()
+    second.save()  # still holds a's old version, which it never changed
+    saved = json.loads((tmp_path / "rewrite.json").read_text())
+    assert saved["scores"] == {"a": {"version": 2}, "b": {"version": 2}}
+    first.refresh()
+    assert first.data["scores"] == saved["scores"]
+    first.data["scores"]["a"] = {"recomputed": True}  # a whole entry replaced: the keys it lost stay lost
+    first.save()
+    assert json.loads((tmp_path / "rewrite.json").read_text())["scores"]["a"] == {"recomputed": True}
 
 
 def test_a_resumed_run_restores_every_section_but_the_header(tmp_path):
