@@ -40,7 +40,7 @@ from medad.backbones import build_teacher
 from medad.data.images import load_images
 from medad.data.near_duplicates import drop_near_duplicates
 from medad.data.registry import list_tasks
-from medad.data.tasks import load_task
+from medad.data.tasks import Sample, load_task
 from medad.engine.fewshot import draw_supports, train_fewshot
 from medad.engine.generic_student import own_sources
 from medad.engine.training import TrainConfig, seed_everything
@@ -67,10 +67,10 @@ def parse_args():
     return parser.parse_args()
 
 
-def training_images(task: str, args) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """The training tasks of a pool task's model (module doc): their normal training images, and per task how many
-    images it has and how many were dropped as near-copies of the pool task's evaluation images."""
-    avoid = evaluation_samples(task, args)
+def training_images(task: str, avoid: list[Sample]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """The training tasks of a model for ``task`` (every registered task but its own sources): their normal
+    training images without the near-copies of ``avoid`` (the images it will score), and per task how many images
+    it has and how many were dropped."""
     left_out = own_sources(task, list_tasks())
     images, counts = {}, {}
     for name in list_tasks():
@@ -82,24 +82,25 @@ def training_images(task: str, args) -> tuple[dict[str, torch.Tensor], dict[str,
     return images, counts
 
 
-def trained_model(task: str, teacher, args) -> tuple[D24FADNN, dict]:
-    """The pool task's D²4FAD-NN, trained (or resumed: a finished run is loaded) in its run folder, and what it was
-    trained on."""
-    images, counts = training_images(task, args)
+def trained_model(task: str, avoid: list[Sample], teacher, run_dir: Path, feature_cache: str, seed: int = SEED
+                  ) -> tuple[D24FADNN, dict]:
+    """A D²4FAD-NN for ``task`` trained as the bundled model is (module doc) with ``seed`` on
+    :func:`training_images` (or resumed: a finished run is loaded) in ``run_dir``, and what it was trained on."""
+    images, counts = training_images(task, avoid)
     budget = method_info(METHOD).training
-    seed_everything(SEED)
+    seed_everything(seed)
     model = D24FADNN(teacher, D24FADNNConfig())
-    run_dir = Path(args.runs) / task
-    config = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, seed=SEED)
+    config = TrainConfig(epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, seed=seed)
     result = train_fewshot(model, images, config, ks=KS, max_queries_per_task=budget.max_queries_per_task,
-                           out_dir=run_dir, resume=True, cache=FeatureCache(teacher, cache_dir=args.feature_cache))
+                           out_dir=run_dir, resume=True, cache=FeatureCache(teacher, cache_dir=feature_cache))
     return model.eval(), {"tasks": counts, "left_out": sorted(own_sources(task, list_tasks())),
                           "epochs": result.epochs_done, "train_seconds": round(result.train_seconds, 1)}
 
 
 def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
     """Train the task's model and score every draw with it and with PatchCore-K."""
-    model, trained_on = trained_model(task, teacher, args)
+    model, trained_on = trained_model(task, evaluation_samples(task, args), teacher, Path(args.runs) / task,
+                                      args.feature_cache)
     results.data["trained_on"][task] = trained_on
     pool, images, labels = task_images(task, args, IMAGE_SIZE)
     patchcore = SupportScoring(teacher, SupportScoringConfig())

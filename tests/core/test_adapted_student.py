@@ -170,3 +170,58 @@ def test_leave_one_out_scores_score_each_support_against_the_others_in_the_full_
     restored = model.supports_from_tensors(prepared.to_tensors())
     assert model.leave_one_out_scores(supports, restored) == pytest.approx(loo, rel=1e-5)
     assert leave_one_out_scores(model, supports, prepared) == pytest.approx(loo, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tsd_student(teacher):
+    """A learned model's student (here RD4AD's, generic-trained on other images): what the T→S term reads."""
+    state = train_generic_student(teacher, teacher_features(teacher, _images(20, 8)), steps=3, batch_size=4,
+                                  progress=False)
+    return load_student(teacher, state).student
+
+
+def test_tsd_term_is_each_querys_score_in_units_of_its_most_similar_support(teacher, generic_state, tsd_student):
+    plain = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=1, weight=0.25))
+    with_tsd = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=1, weight=0.25,
+                                                                                  tsd_weight=0.5, tsd_max_k=2),
+                                     tsd_student=tsd_student)
+    supports = _images(0, 2)
+    queries = torch.cat([supports[1:], _images(1, 3)])  # the first query is a support itself
+    features = teacher_features(teacher, queries)
+    prepared, prepared_plain = with_tsd.prepare_supports(supports), plain.prepare_supports(supports)
+    added = with_tsd.score_features(features, prepared, (64, 64))[1] - plain.score_features(features, prepared_plain,
+                                                                                            (64, 64))[1]
+    # by hand: top-1 % of the T→S map over the nearest support's (cosine of pooled deepest features) own score
+    own = reduce_map(with_tsd.tsd_maps(features, (64, 64)), "top1")
+    support_scores = reduce_map(with_tsd.tsd_maps(teacher_features(teacher, supports), (64, 64)), "top1")
+    pooled = lambda f: torch.nn.functional.normalize(f[-1].mean(dim=(2, 3)), dim=1)  # noqa: E731
+    nearest = (pooled(features) @ pooled(teacher_features(teacher, supports)).T).argmax(dim=1)
+    assert torch.allclose(added, 0.5 * own / support_scores[nearest], rtol=1e-4)
+    assert added[0] == pytest.approx(0.5, rel=1e-4)  # a support against itself: exactly one unit
+    # leave-one-out: each support against the other one
+    loo = with_tsd.leave_one_out_scores(supports, prepared) - plain.leave_one_out_scores(supports, prepared_plain)
+    assert torch.allclose(loo, 0.5 * support_scores / support_scores.flip(0), rtol=1e-4)
+
+
+def test_tsd_term_is_off_above_its_k_and_needs_a_student(teacher, generic_state, tsd_student):
+    config = AdaptedStudentConfig(steps=1, tsd_weight=0.5, tsd_max_k=2)
+    scorer = AdaptedStudentScoring(teacher, generic_state, config, tsd_student=tsd_student)
+    plain = AdaptedStudentScoring(teacher, generic_state, AdaptedStudentConfig(steps=1))
+    supports, queries = _images(0, 4), teacher_features(teacher, _images(1, 3))
+    prepared = scorer.prepare_supports(supports)
+    assert prepared.tsd_supports is None and not scorer.uses_tsd(4) and scorer.uses_tsd(2)
+    assert torch.equal(scorer.score_features(queries, prepared, (64, 64))[1],
+                       plain.score_features(queries, plain.prepare_supports(supports), (64, 64))[1])
+    assert "tsd[w=0.5" in config.name and "tsd" not in AdaptedStudentConfig().name
+    with pytest.raises(ValueError, match="tsd_student"):
+        AdaptedStudentScoring(teacher, generic_state, config)
+
+
+def test_tsd_supports_round_trip_through_the_support_cache(teacher, generic_state, tsd_student):
+    model = AdaptedStudentFewShot(teacher, generic_state, AdaptedStudentConfig(steps=1, tsd_weight=0.5),
+                                  tsd_student=tsd_student)
+    supports, queries = _images(0, 2), _images(1, 3)
+    prepared = model.prepare_supports(supports)
+    restored = model.supports_from_tensors({k: v.clone() for k, v in prepared.to_tensors().items()})
+    assert torch.equal(restored.tsd_supports, prepared.tsd_supports)
+    assert torch.allclose(model.predict(queries, restored)[1], model.predict(queries, prepared)[1], atol=1e-5)

@@ -9,6 +9,12 @@ in general.  On a new task a copy of it is fine-tuned for ``steps`` steps on the
 The image score is the support-scoring term of ``support`` (:mod:`medad.models.support_scoring`, in the units of
 the supports' leave-one-out scores) plus ``weight`` times the student's ``score`` of the map, in the units of its
 mean over the K supports; the map is the sum of both maps in the same units.  Both terms use the supports.
+
+With a learned few-shot model's student given (``tsd_student``, e.g. the bundled D²4FAD-NN's, trained on other
+tasks' normals and never on the supports) and ``tsd_weight`` > 0, a third term is added when K ≤ ``tsd_max_k``:
+its teacher→student map, in units of the top-1 % score of the support most similar to the query as a whole (cosine
+of the pooled deepest teacher features).  A normal query then scores near 1 against a support of its own kind;
+issue 22's round 10 chose it for K = 2 only (docs/METHODS.md).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from medad.device import module_device
 from medad.models.rd4ad import RD4AD, check_finite
 from medad.models.support_scoring import (SupportBank, SupportScoring, SupportScoringConfig,
                                           augment_supports, reduce_map)
-from medad.scoring import DEFAULT_SIGMA, anomaly_maps
+from medad.scoring import DEFAULT_SIGMA, anomaly_maps, cosine_distance_map
 
 __all__ = ["AdaptedStudentConfig", "AdaptedStudentFewShot", "AdaptedStudentScoring", "AdaptedSupports",
            "TeacherQueries", "adapt_student", "student_maps", "teacher_features", "train_generic_student"]
@@ -50,12 +56,15 @@ class AdaptedStudentConfig:
     student_scale: str = "supports"
     support: SupportScoringConfig = field(default_factory=lambda: SupportScoringConfig(augment="flip+rotate",
                                                                                       score="top1"))
+    #: weight of a learned model's teacher→student term (module doc; 0: off), used only when K ≤ ``tsd_max_k``
+    tsd_weight: float = 0.0
+    tsd_max_k: int = 2
 
     def __post_init__(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be ≥ 0, got {self.steps}")
-        if self.weight < 0:
-            raise ValueError(f"weight must be ≥ 0, got {self.weight}")
+        if self.weight < 0 or self.tsd_weight < 0:
+            raise ValueError(f"weights must be ≥ 0, got {self.weight} and {self.tsd_weight}")
         if self.student_scale not in STUDENT_SCALES:
             raise ValueError(f"student_scale must be one of {', '.join(STUDENT_SCALES)}, got {self.student_scale!r}")
         if self.support.global_weight or self.support.positional:
@@ -65,7 +74,8 @@ class AdaptedStudentConfig:
     @property
     def name(self) -> str:
         scale = "" if self.student_scale == "supports" else f",scale={self.student_scale}"
-        return f"{self.support.name}+student[steps={self.steps},w={self.weight:g}{scale}]"
+        tsd = f"+tsd[w={self.tsd_weight:g},k≤{self.tsd_max_k},unit=nearest]" if self.tsd_weight else ""
+        return f"{self.support.name}+student[steps={self.steps},w={self.weight:g}{scale}]{tsd}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -155,6 +165,8 @@ class AdaptedSupports:
     student_scale: float
     bank: SupportBank
     held_out_student: torch.Tensor | None = None
+    #: each support's teacher→student score, when that term is on for this K (module doc)
+    tsd_supports: torch.Tensor | None = None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Named tensors (the support cache): the adapted student's state, its scale, the bank (and the held-out
@@ -162,8 +174,9 @@ class AdaptedSupports:
         tensors = {**{f"student.{key}": value.contiguous() for key, value in self.model.student.state_dict().items()},
                    "student_scale": torch.tensor([self.student_scale]),
                    **{f"bank.{key}": value for key, value in self.bank.to_tensors().items()}}
-        if self.held_out_student is not None:
-            tensors["held_out_student"] = self.held_out_student.contiguous()
+        for key in ("held_out_student", "tsd_supports"):
+            if getattr(self, key) is not None:
+                tensors[key] = getattr(self, key).contiguous()
         return tensors
 
 
@@ -191,11 +204,38 @@ class AdaptedStudentScoring:
     method = "adapted_student"
 
     def __init__(self, teacher: Teacher, generic_state: dict[str, torch.Tensor],
-                 config: AdaptedStudentConfig | None = None) -> None:
+                 config: AdaptedStudentConfig | None = None, tsd_student: nn.Module | None = None,
+                 tsd_sigma: float = DEFAULT_SIGMA) -> None:
         self.teacher = teacher
         self.generic_state = generic_state
         self.config = config or AdaptedStudentConfig()
+        if self.config.tsd_weight and tsd_student is None:
+            raise ValueError("tsd_weight > 0 needs the student of a learned few-shot model (tsd_student)")
+        self.tsd_student, self.tsd_sigma = tsd_student, tsd_sigma
         self.support_scoring = SupportScoring(teacher, self.config.support)
+
+    def uses_tsd(self, k: int) -> bool:
+        """Whether the teacher→student term is on for K supports."""
+        return bool(self.config.tsd_weight) and k <= self.config.tsd_max_k
+
+    @torch.no_grad()
+    def tsd_maps(self, features: list[torch.Tensor], image_size: tuple[int, int], batch_size: int = 32
+                 ) -> torch.Tensor:
+        """Smoothed teacher→student maps ``B×H×W`` of ``tsd_student`` from teacher ``features``."""
+        maps = []
+        for i in range(0, len(features[0]), batch_size):
+            chunk = [f[i:i + batch_size] for f in features]
+            maps.append(anomaly_maps([cosine_distance_map(t, z) for t, z in
+                                      zip(chunk, self.tsd_student(chunk), strict=True)], image_size, self.tsd_sigma))
+        return torch.cat(maps)
+
+    def _tsd_units(self, pooled: torch.Tensor, bank: SupportBank, tsd_supports: torch.Tensor,
+                   exclude: int | None = None) -> torch.Tensor:
+        """Each query's unit: the T→S score of its most similar support (``exclude``: a support left out)."""
+        similarity = pooled @ bank.pooled[:len(tsd_supports)].T
+        if exclude is not None:
+            similarity[:, exclude] = -torch.inf
+        return tsd_supports[similarity.argmax(dim=1)].clamp_min(1e-6)
 
     def prepare_supports(self, support_images: torch.Tensor, seed: int = 0) -> AdaptedSupports:
         """The student adapted to the supports' views, its scale (mean score over the K supports) and the bank."""
@@ -211,7 +251,10 @@ class AdaptedStudentScoring:
             originals = [stage[:k] for stage in view_features]
             scale = reduce_map(student_maps(model, originals, image_size), self.config.score)
         bank = self.support_scoring.bank_from_views(SupportScoring.encoding_from_teacher(view_features, image_size), k)
-        return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank, held_out)
+        tsd = None
+        if self.uses_tsd(k):
+            tsd = reduce_map(self.tsd_maps([stage[:k] for stage in view_features], image_size), self.config.score)
+        return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank, held_out, tsd)
 
     @torch.no_grad()
     def leave_one_out_scores(self, support_images: torch.Tensor, supports: AdaptedSupports, seed: int = 0
@@ -233,7 +276,12 @@ class AdaptedStudentScoring:
             bank = self.support_scoring.bank_from_views(encoded[owner != i], k - 1)
             maps = self.support_scoring.raw_maps(encoded[i:i + 1], bank) / supports.bank.patch_scale
             support_terms.append(reduce_map(maps, self.config.support.score))
-        return torch.cat(support_terms) + self.config.weight * held_out / supports.student_scale
+        scores = torch.cat(support_terms) + self.config.weight * held_out / supports.student_scale
+        if supports.tsd_supports is not None:
+            units = torch.cat([self._tsd_units(supports.bank.pooled[i:i + 1], supports.bank, supports.tsd_supports,
+                                               exclude=i) for i in range(k)])
+            scores = scores + self.config.tsd_weight * supports.tsd_supports / units
+        return scores
 
     def _held_out_scores(self, view_features: list[torch.Tensor], k: int, image_size: tuple[int, int], seed: int
                          ) -> torch.Tensor:
@@ -257,7 +305,13 @@ class AdaptedStudentScoring:
         maps = student_maps(supports.model, features, image_size) / supports.student_scale
         scores = (reduce_map(support_maps, self.config.support.score)
                   + self.config.weight * reduce_map(maps, self.config.score))
-        return support_maps + self.config.weight * maps, scores
+        combined = support_maps + self.config.weight * maps
+        if supports.tsd_supports is not None:
+            tsd = self.tsd_maps(features, image_size)
+            tsd = tsd / self._tsd_units(queries.pooled, supports.bank, supports.tsd_supports)[:, None, None]
+            scores = scores + self.config.tsd_weight * reduce_map(tsd, self.config.score)
+            combined = combined + self.config.tsd_weight * tsd
+        return combined, scores
 
     def predict(self, images: torch.Tensor, supports: AdaptedSupports) -> tuple[torch.Tensor, torch.Tensor]:
         """Maps and scores of [0, 1] images against prepared supports."""
@@ -272,10 +326,12 @@ class AdaptedStudentFewShot(nn.Module):
     method = "adapted_student"
 
     def __init__(self, teacher: Teacher, generic_state: dict[str, torch.Tensor],
-                 config: AdaptedStudentConfig | None = None) -> None:
+                 config: AdaptedStudentConfig | None = None, tsd_student: nn.Module | None = None,
+                 tsd_sigma: float = DEFAULT_SIGMA) -> None:
         super().__init__()
         self.teacher = teacher
-        self.scorer = AdaptedStudentScoring(teacher, generic_state, config)
+        self.tsd_student = tsd_student  # a submodule, so that moving this model moves it too
+        self.scorer = AdaptedStudentScoring(teacher, generic_state, config, tsd_student, tsd_sigma)
 
     @property
     def config(self) -> AdaptedStudentConfig:
@@ -297,7 +353,8 @@ class AdaptedStudentFewShot(nn.Module):
                                               if key.startswith("student.")})
         bank = SupportBank.from_tensors({key[len("bank."):]: value for key, value in tensors.items()
                                          if key.startswith("bank.")})
-        return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank, tensors.get("held_out_student"))
+        return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank, tensors.get("held_out_student"),
+                               tensors.get("tsd_supports"))
 
     def leave_one_out_scores(self, support_images: torch.Tensor, supports: AdaptedSupports | None = None
                              ) -> list[float]:
