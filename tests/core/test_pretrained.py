@@ -79,7 +79,11 @@ def test_the_bundled_generic_student_is_the_one_its_card_describes():
     assert {tensor.dtype for tensor in state.values() if tensor.is_floating_point()} == {torch.float32}
     assert meta["train_tasks"] == card["training"]["sources"] and HELD_OUT_TASK not in meta["train_tasks"]
     assert meta["config"] == card["config"] and AdaptedStudentConfig.from_dict(meta["config"]).name == card["scorer"]
-    assert card["development"]["row"] == card["product_row"] and card["development"]["worst_task_difference"] >= -1
+    # the row it serves: round 4's, or round 10's built on it (the teacher→student term of the bundled D²4FAD-NN)
+    development = card["development"]
+    assert development["row"] == card["product_row"] or (development["benchmark"] == "fewshot_dev_tsd"
+                                                         and card["config"]["tsd_weight"] > 0)
+    assert development["worst_task_difference"] >= -1
     text = path.with_name(GENERIC_CARD_MD).read_text()
     assert card["sha256"] in text and card["command"] in text and card["scorer"] in text
 
@@ -98,3 +102,11 @@ def test_the_bundled_generic_student_reproduces_the_cards_scores_on_shared_image
         torch.set_num_threads(threads)
     assert scores.tolist() == pytest.approx(reference["scores"], abs=1e-4)
     assert max(reference["scores"]) - min(reference["scores"]) > 1e-2
+
+
+def test_the_default_scorer_takes_its_teacher_student_term_from_the_bundled_model():
+    scorer = load_scorer()  # the default: the bundled generic student with round 10's teacher→student term
+    assert scorer.meta["tsd_model"]["sha256"] == file_sha256(bundled_checkpoint())
+    assert scorer.model.scorer.uses_tsd(2) and not scorer.model.scorer.uses_tsd(4)
+    assert scorer.identity.endswith(scorer.meta["tsd_model"]["sha256"])  # its support cache changes with that model
+    assert "teacher→student term at K ≤ 2" in scorer.name

@@ -153,11 +153,13 @@ def _bundled_demo(args: argparse.Namespace, run: RunFolder, device, root: Path |
 
 
 def _shared_queries(scorers: dict, test_images) -> dict:
-    """Each scorer's query features; the others reuse the learned model's teacher features when they use the
-    same frozen teacher (the test images go through the teacher once)."""
+    """Each scorer's query features; when the learned model (d24fad_nn) is among them, the others reuse its teacher
+    features if they use the same frozen teacher (the test images go through the teacher once)."""
     from medad.engine.fewshot import encode_queries
 
-    learned = scorers["d24fad_nn"]
+    learned = scorers.get("d24fad_nn")
+    if learned is None:
+        return {method: encode_queries(scorer.model, test_images) for method, scorer in scorers.items()}
     encoded = encode_queries(learned.model, test_images)
     queries = {"d24fad_nn": encoded}
     for method, scorer in scorers.items():

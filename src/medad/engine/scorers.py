@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 #: the learned model (medad's bundled D²4FAD-NN unless a checkpoint names another), PatchCore-K on its teacher, and
 #: support scoring plus medad's bundled generic student adapted to the supports
 FEWSHOT_METHODS = ("d24fad_nn", "patchcore", "adapted_student")
-#: what every few-shot command scores with when ``--method`` is not given: by round 8's rule (docs/METHODS.md), the
-#: best scorer on the development pool with no task more than a point below PatchCore-K
+#: what every few-shot command scores with when ``--method`` is not given: by the rules of rounds 8 and 10
+#: (docs/METHODS.md), the best scorer on the development pool with no task more than a point below PatchCore-K (the
+#: bundled generic student adapted to the references, with the bundled D²4FAD-NN's teacher→student term at K ≤ 2)
 DEFAULT_FEWSHOT_METHOD = "adapted_student"
 #: what ``export`` writes when neither ``--method`` nor ``--checkpoint`` is given: the best exportable scorer by the
 #: same rule (the adapted student fine-tunes on the references, so it has no fixed graph)
@@ -125,7 +126,9 @@ def _adapted_student(checkpoint: str | Path | None, teacher_weights: str | Path 
     from medad.checkpoints import load_model
     from medad.device import resolve_device, to_device
     from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentFewShot
-    from medad.pretrained import GENERIC_METHOD, GENERIC_NAME, file_sha256, generic_student_checkpoint
+    from medad.pretrained import (GENERIC_METHOD, GENERIC_NAME, bundled_checkpoint, file_sha256,
+                                  generic_student_checkpoint)
+    from medad.scoring import DEFAULT_SIGMA
 
     bundled = checkpoint is None
     file = generic_student_checkpoint() if bundled else checkpoint_file(checkpoint)
@@ -134,15 +137,40 @@ def _adapted_student(checkpoint: str | Path | None, teacher_weights: str | Path 
                               "or give --checkpoint or another --method")
     state, meta = load_model(file, GENERIC_METHOD)
     teacher = build_teacher(meta["teacher"], weights=teacher_weights)
-    model = AdaptedStudentFewShot(teacher, {key: value.float() for key, value in state.items()},
-                                  AdaptedStudentConfig.from_dict(meta["config"]))
+    config = AdaptedStudentConfig.from_dict(meta["config"])
+    tsd_model, tsd_meta, tsd_digest = (_bundled_tsd_model(meta["teacher"], teacher_weights) if config.tsd_weight
+                                       else (None, {}, ""))
+    model = AdaptedStudentFewShot(teacher, {key: value.float() for key, value in state.items()}, config,
+                                  tsd_student=tsd_model.student if tsd_model else None,
+                                  tsd_sigma=tsd_model.config.sigma if tsd_model else DEFAULT_SIGMA)
     model = to_device(model.eval(), resolve_device(device))
     digest = file_sha256(file)
     tasks = ", ".join(meta.get("train_tasks", [])) or "unknown tasks"
     name = (f"{GENERIC_NAME}, sha256 {digest[:12]}…, trained on {tasks}, adapted to the references" if bundled
             else f"{GENERIC_METHOD} checkpoint {file} (generic student trained on {tasks})")
-    return ScoringModel(model, {**model.meta(), "image_size": meta["image_size"], "train_tasks": meta["train_tasks"]},
-                        name, file, digest)
+    extra = {}
+    if tsd_model is not None:
+        name += f"; teacher→student term at K ≤ {config.tsd_max_k} from the bundled D²4FAD-NN (sha256 {tsd_digest[:12]}…)"
+        extra = {"tsd_model": {"file": str(bundled_checkpoint()), "sha256": tsd_digest,
+                               "train_tasks": tsd_meta.get("train_tasks", [])}}
+    return ScoringModel(model, {**model.meta(), "image_size": meta["image_size"], "train_tasks": meta["train_tasks"],
+                                **extra}, name, file, digest + tsd_digest)
+
+
+def _bundled_tsd_model(teacher: str, teacher_weights: str | Path | None) -> tuple[Any, dict[str, Any], str]:
+    """The bundled D²4FAD-NN (whose teacher→student map the adapted student's config asks for), its metadata and
+    digest; its teacher must be the generic student's."""
+    from medad.models.factory import load_trained_model
+    from medad.pretrained import bundled_checkpoint, file_sha256
+
+    file = bundled_checkpoint()
+    if not file.is_file():
+        raise CheckpointError(f"the bundled model {file}, whose teacher→student term the adapted student uses at small "
+                              "K, is missing from this installation; reinstall medad or give another --method")
+    model, meta = load_trained_model(file, teacher_weights, expected_method="d24fad_nn")
+    if meta["teacher"] != teacher:
+        raise CheckpointError(f"the bundled model's teacher {meta['teacher']} is not the generic student's {teacher}")
+    return model, meta, file_sha256(file)
 
 
 def _support_cache_file(cache_dir: Path, scorer: ScoringModel, images: torch.Tensor) -> Path:
