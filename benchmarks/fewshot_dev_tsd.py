@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_weight
+from fewshot_dev_gate import WEIGHTS, _gate_text, _variation, describe, fit_gate, gate_weight
 from fewshot_dev_learned import IMAGE_SIZE, KS, METHOD, SEED
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import GUARD, RECIPE, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table, run_pending_tasks
@@ -153,10 +153,6 @@ def task_done(tsd: dict, task: str) -> bool:
 
 
 # --- rows: computed from the saved scores ------------------------------------------------------------------------
-
-
-def _variation(values: np.ndarray) -> float:
-    return float(np.std(values) / max(float(np.mean(values)), 1e-6)) + 1e-6
 
 
 def draw_statistics(tsd_supports: np.ndarray, reference: float, support_loo: np.ndarray, k: int) -> dict[str, float]:
@@ -313,7 +309,8 @@ def main() -> int:
     if fitted:
         results.data["fitted"] = fitted
         results.data["selection"] = select(results.data["tsd"], gate_draws, records)
-    results.save()
+    if not args.markdown_only:  # the JSON holds the selection of the test run (fewshot_loo.py): left as committed
+        results.save()
     results.write_markdown(markdown(results.data, records, fitted))
     return 0
 
