@@ -149,11 +149,22 @@ def teacher_features(teacher: Teacher, images: torch.Tensor, batch_size: int = 3
 
 
 @torch.no_grad()
+def reconstruction_maps(student: nn.Module, features: list[torch.Tensor], image_size: tuple[int, int],
+                        sigma: float = DEFAULT_SIGMA, batch_size: int = 32) -> torch.Tensor:
+    """Smoothed maps ``B×H×W`` of 1 − cosine similarity between teacher ``features`` and a student's reconstruction
+    of them, summed over the stages (computed in batches)."""
+    maps = []
+    for i in range(0, len(features[0]), batch_size):
+        chunk = [f[i:i + batch_size] for f in features]
+        maps.append(anomaly_maps([cosine_distance_map(t, z) for t, z in zip(chunk, student(chunk), strict=True)],
+                                 image_size, sigma))
+    return torch.cat(maps)
+
+
 def student_maps(model: RD4AD, features: list[torch.Tensor], image_size: tuple[int, int],
                  sigma: float = DEFAULT_SIGMA, batch_size: int = 32) -> torch.Tensor:
     """Smoothed student maps ``B×H×W`` of images whose teacher features are given (computed in batches)."""
-    return torch.cat([anomaly_maps(model.distance_maps([f[i:i + batch_size] for f in features]), image_size, sigma)
-                      for i in range(0, len(features[0]), batch_size)])
+    return reconstruction_maps(model.student, features, image_size, sigma, batch_size)
 
 
 @dataclass
@@ -218,16 +229,9 @@ class AdaptedStudentScoring:
         """Whether the teacher→student term is on for K supports."""
         return bool(self.config.tsd_weight) and k <= self.config.tsd_max_k
 
-    @torch.no_grad()
-    def tsd_maps(self, features: list[torch.Tensor], image_size: tuple[int, int], batch_size: int = 32
-                 ) -> torch.Tensor:
+    def tsd_maps(self, features: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Smoothed teacher→student maps ``B×H×W`` of ``tsd_student`` from teacher ``features``."""
-        maps = []
-        for i in range(0, len(features[0]), batch_size):
-            chunk = [f[i:i + batch_size] for f in features]
-            maps.append(anomaly_maps([cosine_distance_map(t, z) for t, z in
-                                      zip(chunk, self.tsd_student(chunk), strict=True)], image_size, self.tsd_sigma))
-        return torch.cat(maps)
+        return reconstruction_maps(self.tsd_student, features, image_size, self.tsd_sigma)
 
     def _tsd_units(self, pooled: torch.Tensor, bank: SupportBank, tsd_supports: torch.Tensor,
                    exclude: int | None = None) -> torch.Tensor:
