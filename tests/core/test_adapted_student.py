@@ -85,7 +85,7 @@ def test_both_terms_change_when_the_supports_change(teacher, generic_state):
 
 @pytest.mark.parametrize("bad", [dict(steps=-1), dict(weight=-0.5),
                                  dict(support=SupportScoringConfig(global_weight=0.5)),
-                                 dict(support=SupportScoringConfig(positional=0.1))])
+                                 dict(support=SupportScoringConfig(positional=0.1)), dict(support_unit="median")])
 def test_config_rejects_bad_options(bad):
     with pytest.raises(ValueError):
         AdaptedStudentConfig(**bad)
@@ -225,3 +225,30 @@ def test_tsd_supports_round_trip_through_the_support_cache(teacher, generic_stat
     restored = model.supports_from_tensors({k: v.clone() for k, v in prepared.to_tensors().items()})
     assert torch.equal(restored.tsd_supports, prepared.tsd_supports)
     assert torch.allclose(model.predict(queries, restored)[1], model.predict(queries, prepared)[1], atol=1e-5)
+
+
+def test_nearest_support_unit_divides_each_querys_support_term_by_its_most_similar_supports_own(teacher,
+                                                                                              generic_state):
+    plain = AdaptedStudentFewShot(teacher, generic_state, AdaptedStudentConfig(steps=1, weight=0.0))
+    nearest = AdaptedStudentFewShot(teacher, generic_state, AdaptedStudentConfig(steps=1, weight=0.0,
+                                                                                 support_unit="nearest"))
+    supports = _images(0, 3)
+    queries = torch.cat([supports[2:], _images(1, 3)])
+    prepared, prepared_plain = nearest.prepare_supports(supports), plain.prepare_supports(supports)
+    support_loo = torch.tensor(plain.leave_one_out_scores(supports, prepared_plain))  # the support term alone
+    assert torch.allclose(prepared.support_loo, support_loo, rtol=1e-5)
+    pooled = lambda f: torch.nn.functional.normalize(f[-1].mean(dim=(2, 3)), dim=1)  # noqa: E731
+    similarity = pooled(teacher_features(teacher, queries)) @ pooled(teacher_features(teacher, supports)).T
+    expected = plain.predict(queries, prepared_plain)[1] / support_loo[similarity.argmax(dim=1)]
+    assert torch.allclose(nearest.predict(queries, prepared)[1], expected, rtol=1e-4)
+    # leave-one-out: each support's own term over that of its most similar *other* support
+    among = pooled(teacher_features(teacher, supports))
+    among = among @ among.T
+    among.fill_diagonal_(-torch.inf)
+    assert nearest.leave_one_out_scores(supports, prepared) == pytest.approx(
+        (support_loo / support_loo[among.argmax(dim=1)]).tolist(), rel=1e-4)
+    # the support cache keeps the unit; one support has no other to take a unit from
+    restored = nearest.supports_from_tensors({k: v.clone() for k, v in prepared.to_tensors().items()})
+    assert torch.equal(restored.support_loo, prepared.support_loo)
+    assert nearest.prepare_supports(supports[:1]).support_loo is None
+    assert "/nearest+" in nearest.config.name and "/nearest" not in plain.config.name

@@ -15,6 +15,10 @@ tasks' normals and never on the supports) and ``tsd_weight`` > 0, a third term i
 its teacher→student map, in units of the top-1 % score of the support most similar to the query as a whole (cosine
 of the pooled deepest teacher features).  A normal query then scores near 1 against a support of its own kind;
 issue 22's round 10 chose it for K = 2 only (docs/METHODS.md).
+
+With ``support_unit="nearest"`` (round 11), the support term of a query is in units of its most similar support's
+own leave-one-out support score instead of their mean: a local-density correction, so that a query close to a support
+that is itself far from the other supports is not flagged for that alone.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ __all__ = ["AdaptedStudentConfig", "AdaptedStudentFewShot", "AdaptedStudentScori
 BETAS = (0.5, 0.999)
 #: units of the student term (:class:`AdaptedStudentConfig`)
 STUDENT_SCALES = ("supports", "held_out")
+#: units of the support term (:class:`AdaptedStudentConfig`)
+SUPPORT_UNITS = ("mean", "nearest")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,9 @@ class AdaptedStudentConfig:
     #: weight of a learned model's teacher→student term (module doc; 0: off), used only when K ≤ ``tsd_max_k``
     tsd_weight: float = 0.0
     tsd_max_k: int = 2
+    #: the support term's unit: the mean of the supports' leave-one-out scores ("mean"), or the leave-one-out score of
+    #: each query's most similar support ("nearest"; K = 1 falls back to "mean")
+    support_unit: str = "mean"
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -67,6 +76,8 @@ class AdaptedStudentConfig:
             raise ValueError(f"weights must be ≥ 0, got {self.weight} and {self.tsd_weight}")
         if self.student_scale not in STUDENT_SCALES:
             raise ValueError(f"student_scale must be one of {', '.join(STUDENT_SCALES)}, got {self.student_scale!r}")
+        if self.support_unit not in SUPPORT_UNITS:
+            raise ValueError(f"support_unit must be one of {', '.join(SUPPORT_UNITS)}, got {self.support_unit!r}")
         if self.support.global_weight or self.support.positional:
             raise ValueError("the support term of an adapted student takes neither a whole-image term nor a "
                              "positional normalisation")
@@ -75,7 +86,8 @@ class AdaptedStudentConfig:
     def name(self) -> str:
         scale = "" if self.student_scale == "supports" else f",scale={self.student_scale}"
         tsd = f"+tsd[w={self.tsd_weight:g},k≤{self.tsd_max_k},unit=nearest]" if self.tsd_weight else ""
-        return f"{self.support.name}+student[steps={self.steps},w={self.weight:g}{scale}]{tsd}"
+        unit = "/nearest" if self.support_unit == "nearest" else ""
+        return f"{self.support.name}{unit}+student[steps={self.steps},w={self.weight:g}{scale}]{tsd}"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -178,6 +190,8 @@ class AdaptedSupports:
     held_out_student: torch.Tensor | None = None
     #: each support's teacher→student score, when that term is on for this K (module doc)
     tsd_supports: torch.Tensor | None = None
+    #: each support's support term against the other K − 1 (in the bank's units), with the nearest support unit
+    support_loo: torch.Tensor | None = None
 
     def to_tensors(self) -> dict[str, torch.Tensor]:
         """Named tensors (the support cache): the adapted student's state, its scale, the bank (and the held-out
@@ -185,7 +199,7 @@ class AdaptedSupports:
         tensors = {**{f"student.{key}": value.contiguous() for key, value in self.model.student.state_dict().items()},
                    "student_scale": torch.tensor([self.student_scale]),
                    **{f"bank.{key}": value for key, value in self.bank.to_tensors().items()}}
-        for key in ("held_out_student", "tsd_supports"):
+        for key in ("held_out_student", "tsd_supports", "support_loo"):
             if getattr(self, key) is not None:
                 tensors[key] = getattr(self, key).contiguous()
         return tensors
@@ -233,13 +247,15 @@ class AdaptedStudentScoring:
         """Smoothed teacher→student maps ``B×H×W`` of ``tsd_student`` from teacher ``features``."""
         return reconstruction_maps(self.tsd_student, features, image_size, self.tsd_sigma)
 
-    def _tsd_units(self, pooled: torch.Tensor, bank: SupportBank, tsd_supports: torch.Tensor,
-                   exclude: int | None = None) -> torch.Tensor:
-        """Each query's unit: the T→S score of its most similar support (``exclude``: a support left out)."""
-        similarity = pooled @ bank.pooled[:len(tsd_supports)].T
+    @staticmethod
+    def nearest_support_units(pooled: torch.Tensor, bank: SupportBank, per_support: torch.Tensor,
+                              exclude: int | None = None) -> torch.Tensor:
+        """Each query's unit: ``per_support``'s value (one per support) at the support most similar to the query as a
+        whole (cosine of pooled deepest teacher features; ``exclude``: a support left out)."""
+        similarity = pooled @ bank.pooled[:len(per_support)].T
         if exclude is not None:
             similarity[:, exclude] = -torch.inf
-        return tsd_supports[similarity.argmax(dim=1)].clamp_min(1e-6)
+        return per_support[similarity.argmax(dim=1)].clamp_min(1e-6)
 
     def prepare_supports(self, support_images: torch.Tensor, seed: int = 0) -> AdaptedSupports:
         """The student adapted to the supports' views, its scale (mean score over the K supports) and the bank."""
@@ -255,36 +271,55 @@ class AdaptedStudentScoring:
             originals = [stage[:k] for stage in view_features]
             scale = reduce_map(student_maps(model, originals, image_size), self.config.score)
         bank = self.support_scoring.bank_from_views(SupportScoring.encoding_from_teacher(view_features, image_size), k)
-        tsd = None
+        tsd = support_loo = None
         if self.uses_tsd(k):
             tsd = reduce_map(self.tsd_maps([stage[:k] for stage in view_features], image_size), self.config.score)
-        return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank, held_out, tsd)
+        if self.config.support_unit == "nearest" and k > 1:
+            support_loo = self._support_leave_one_out(view_features, k, image_size, bank)
+        return AdaptedSupports(model, max(float(scale.mean()), 1e-6), bank, held_out, tsd, support_loo)
+
+    def _support_leave_one_out(self, view_features: list[torch.Tensor], k: int, image_size: tuple[int, int],
+                               bank: SupportBank) -> torch.Tensor:
+        """Each support's support term against the bank of the other K − 1 supports' views, in ``bank``'s units."""
+        owner = torch.arange(k).repeat(len(view_features[0]) // k)
+        encoded = SupportScoring.encoding_from_teacher(view_features, image_size)
+        terms = []
+        for i in range(k):
+            others = self.support_scoring.bank_from_views(encoded[owner != i], k - 1)
+            maps = self.support_scoring.raw_maps(encoded[i:i + 1], others) / bank.patch_scale
+            terms.append(reduce_map(maps, self.config.support.score))
+        return torch.cat(terms)
 
     @torch.no_grad()
     def leave_one_out_scores(self, support_images: torch.Tensor, supports: AdaptedSupports, seed: int = 0
                              ) -> torch.Tensor:
         """Each support's image score as a query of the other K − 1 (its support term against their views' bank,
         its student term by a student adapted to their views), in the units of ``supports`` (prepared from all K):
-        how normal images score here, for thresholds.  Reuses ``supports.held_out_student`` when it is there."""
+        how normal images score here, for thresholds.  Reuses ``supports.held_out_student`` and
+        ``supports.support_loo`` when they are there.  With the nearest support unit, a support's unit is the
+        leave-one-out score of its most similar other support, as computed with all K (the support itself among
+        that one's bank)."""
         k, image_size = len(support_images), tuple(support_images.shape[-2:])
         if k < 2:
             raise ValueError("leave-one-out scores need at least 2 support images")
-        view_features = teacher_features(self.teacher, augment_supports(support_images, self.config.support.augment))
-        held_out = supports.held_out_student
-        if held_out is None:
-            held_out = self._held_out_scores(view_features, k, image_size, seed)
-        owner = torch.arange(k).repeat(len(view_features[0]) // k)
-        encoded = SupportScoring.encoding_from_teacher(view_features, image_size)
-        support_terms = []
-        for i in range(k):
-            bank = self.support_scoring.bank_from_views(encoded[owner != i], k - 1)
-            maps = self.support_scoring.raw_maps(encoded[i:i + 1], bank) / supports.bank.patch_scale
-            support_terms.append(reduce_map(maps, self.config.support.score))
-        scores = torch.cat(support_terms) + self.config.weight * held_out / supports.student_scale
+        held_out, support_terms = supports.held_out_student, supports.support_loo
+        if held_out is None or support_terms is None:
+            view_features = teacher_features(self.teacher,
+                                             augment_supports(support_images, self.config.support.augment))
+            if held_out is None:
+                held_out = self._held_out_scores(view_features, k, image_size, seed)
+            if support_terms is None:
+                support_terms = self._support_leave_one_out(view_features, k, image_size, supports.bank)
+        pooled = supports.bank.pooled
+
+        def units(per_support: torch.Tensor) -> torch.Tensor:
+            return torch.cat([self.nearest_support_units(pooled[i:i + 1], supports.bank, per_support, exclude=i)
+                              for i in range(k)])
+
+        scores = support_terms / units(support_terms) if supports.support_loo is not None else support_terms
+        scores = scores + self.config.weight * held_out / supports.student_scale
         if supports.tsd_supports is not None:
-            units = torch.cat([self._tsd_units(supports.bank.pooled[i:i + 1], supports.bank, supports.tsd_supports,
-                                               exclude=i) for i in range(k)])
-            scores = scores + self.config.tsd_weight * supports.tsd_supports / units
+            scores = scores + self.config.tsd_weight * supports.tsd_supports / units(supports.tsd_supports)
         return scores
 
     def _held_out_scores(self, view_features: list[torch.Tensor], k: int, image_size: tuple[int, int], seed: int
@@ -306,13 +341,16 @@ class AdaptedStudentScoring:
         """Maps ``B×H×W`` and image scores ``B`` of queries from their teacher ``features``."""
         queries = SupportScoring.encoding_from_teacher(features, image_size)
         support_maps = self.support_scoring.score_terms(queries, supports.bank)[0]
+        if supports.support_loo is not None:
+            support_maps = support_maps / self.nearest_support_units(queries.pooled, supports.bank,
+                                                                     supports.support_loo)[:, None, None]
         maps = student_maps(supports.model, features, image_size) / supports.student_scale
         scores = (reduce_map(support_maps, self.config.support.score)
                   + self.config.weight * reduce_map(maps, self.config.score))
         combined = support_maps + self.config.weight * maps
         if supports.tsd_supports is not None:
             tsd = self.tsd_maps(features, image_size)
-            tsd = tsd / self._tsd_units(queries.pooled, supports.bank, supports.tsd_supports)[:, None, None]
+            tsd = tsd / self.nearest_support_units(queries.pooled, supports.bank, supports.tsd_supports)[:, None, None]
             scores = scores + self.config.tsd_weight * reduce_map(tsd, self.config.score)
             combined = combined + self.config.tsd_weight * tsd
         return combined, scores
@@ -358,7 +396,7 @@ class AdaptedStudentFewShot(nn.Module):
         bank = SupportBank.from_tensors({key[len("bank."):]: value for key, value in tensors.items()
                                          if key.startswith("bank.")})
         return AdaptedSupports(model.eval(), float(tensors["student_scale"][0]), bank, tensors.get("held_out_student"),
-                               tensors.get("tsd_supports"))
+                               tensors.get("tsd_supports"), tensors.get("support_loo"))
 
     def leave_one_out_scores(self, support_images: torch.Tensor, supports: AdaptedSupports | None = None
                              ) -> list[float]:
