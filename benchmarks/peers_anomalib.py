@@ -1,7 +1,8 @@
 """Side-by-side with anomalib (an optional peer: ``pip install -e ".[peers]"``), one run, same machine.
 
 Regenerate:  python benchmarks/peers_anomalib.py
-Writes benchmarks/results/peers_anomalib.json (+ .md).  Resumable.
+Writes benchmarks/results/peers_anomalib.json (+ .md).  Resumable.  ``--markdown-only`` rewrites the md from the saved
+records (and the medad rows from the current result files) without anomalib.
 
 Accuracy: anomalib's PatchCore torch model with the SAME offline EfficientNet-Lite0 ImageNet weights as
 ours (loaded into the timm model anomalib builds; no download) and the same input normalisation
@@ -52,6 +53,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--speed-batch", type=int, default=8)
     parser.add_argument("--remeasure-speed", action="store_true", help="redo speed records already present")
     parser.add_argument("--name", default="peers_anomalib")
+    parser.add_argument("--markdown-only", action="store_true",
+                        help="rewrite the md from the saved records; runs nothing (anomalib not needed)")
     return parser.parse_args()
 
 
@@ -140,7 +143,8 @@ def markdown(results: BenchmarkResults, args) -> str:
              f"Command: `{results.data['command']}`  ", f"Machine: {results.data['machine']}  ",
              "Image AUROC (%), mean ± std over support draws. anomalib = its PatchCore torch model with our offline "
              "EfficientNet-Lite0 weights; medad rows come from `fewshot_loo.json` (near-duplicate-clean folds, the "
-             f"same support draws) / `rd4ad_unsupervised.json`. medad's default few-shot scorer there: `{default}`.",
+             f"same support draws; the learned parts of its training seed {args.seed}) / `rd4ad_unsupervised.json`. The "
+             f"default scorer of that test run: `{default}`.",
              "", "## Few-shot folds (K-shot)", "", "| task | K | anomalib PatchCore | medad PatchCore-K | medad default "
              "| PatchCore-K − anomalib | default − anomalib |", "|---|---|---|---|---|---|---|"]
     for task in args.fewshot_tasks:
@@ -178,8 +182,11 @@ def markdown(results: BenchmarkResults, args) -> str:
 
 def main() -> int:
     args = parse_args()
-    command = benchmark_command("peers_anomalib.py")
+    command = benchmark_command("peers_anomalib.py", pieces=("--markdown-only",))
     results = BenchmarkResults(args.name, command)
+    if args.markdown_only:
+        results.write_markdown(markdown(results, args))
+        return 0
     model = anomalib_patchcore()
     for task_name in sorted(set(args.fewshot_tasks) | set(args.fullshot_tasks)):
         base = {"method": "anomalib-patchcore", "task": task_name, "backbone": "efficientnet_lite0",

@@ -33,6 +33,7 @@ figure { margin: 12px 0 28px; } figure img { max-width: 100%; height: auto; bord
 figcaption { color: #333; font-size: 16px; margin-top: 4px; max-width: 1100px; }
 details { margin: 8px 0 16px; } summary { cursor: pointer; color: #1f4e79; font-weight: 600; }
 table.summary { font-size: 15px; } .charts { display: flex; flex-wrap: wrap; gap: 0 28px; }
+table.summary td:nth-child(4) { max-width: 26em; overflow-wrap: anywhere; }
 .charts figure { flex: 1 1 560px; max-width: 680px; }
 .missing { background: #fff6e0; border-left: 4px solid #e0a800; padding: 8px 12px; margin: 8px 0; }
 ul.notes li { margin: 3px 0; }
