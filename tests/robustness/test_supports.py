@@ -92,6 +92,31 @@ def test_the_auto_rule_is_the_one_the_benchmark_chose():
             assert false_alarms == pytest.approx(np.mean([r["false_abnormal"] for r in chosen]), abs=0.005)
 
 
+
+def test_the_default_scorers_auto_threshold_quotes_its_own_measured_cost():
+    """The adapted student's rule and the costs its warnings quote are those measured for it
+    (benchmarks/results/fewshot_dev_auto_threshold.json), not PatchCore-K's."""
+    from pathlib import Path
+
+    from medad.engine.thresholds import AUTO_RULE_COST, SCORER_AUTO_RULE
+
+    rule, cost, _ = SCORER_AUTO_RULE["adapted_student"]
+    threshold = support_threshold([1.0, 1.2, 1.1, 1.3], method="adapted_student")
+    missed, false_alarms = cost[4]
+    assert f"called {100 * missed:.0f}% of abnormal images normal and {100 * false_alarms:.0f}% of normal" in \
+        threshold.warning and "the default adapted student" in threshold.warning
+    assert threshold.value == pytest.approx(1.3) and threshold.record()["auto_rule"] == rule == "loo-max"
+    assert cost != AUTO_RULE_COST["loo-max"]  # PatchCore-K's figures are quoted for other raw-unit scorers only
+    results = Path(__file__).parents[2] / "benchmarks" / "results" / "fewshot_dev_auto_threshold.json"
+    if not results.is_file():
+        pytest.skip("the benchmark's results are not in this checkout")
+    selection = json.loads(results.read_text())["selection"]
+    assert selection["chosen"] == rule
+    measured = {int(k): v for k, v in selection["cost"].items()}
+    assert sorted(measured) == sorted(cost)
+    for k, rates in cost.items():
+        assert list(rates) == pytest.approx(measured[k], abs=0.0005)
+
 @pytest.mark.slow
 def test_a_damaged_support_cache_entry_is_dropped_and_recomputed(cli, default_fewshot_checkpoint, phantom_chest,
                                                                   tmp_path):

@@ -175,7 +175,8 @@ def auto_threshold(model: FewShotModel, support_images: torch.Tensor, names: lis
     for the model's score units); ``supports``: prepared from these images, for models that can reuse them;
     ``wording`` (``advice``) phrases its warnings for the caller."""
     loo = leave_one_out_scores(model, support_images, supports) if len(support_images) > 1 else []
-    return support_threshold(loo, names, standardised=getattr(model, "standardised_scores", False), **wording)
+    return support_threshold(loo, names, standardised=getattr(model, "standardised_scores", False),
+                             method=getattr(model, "method", None), **wording)
 
 
 def calibrate_threshold(model: FewShotModel, support_images: torch.Tensor) -> float:

@@ -3,7 +3,8 @@
 * ``fixed``: a number given by the user.
 * ``support-leave-one-out`` (the ``auto`` threshold): a rule (:data:`AUTO_RULE`) applied to the K normal
   supports' leave-one-out scores (each support scored against the other K − 1).  The rule was chosen by
-  measurement (``benchmarks/fewshot_thresholds.py``, docs/METHODS.md); with K < :data:`MIN_RELIABLE_K` the
+  measurement (``benchmarks/fewshot_thresholds.py``; the default scorer's own by
+  ``benchmarks/fewshot_dev_auto_threshold.py``; docs/METHODS.md); with K < :data:`MIN_RELIABLE_K` the
   threshold carries a warning saying what the rule cost on the development tasks at that K, and a support
   whose leave-one-out score stands far above the others' is named.
 * ``held-out-percentile``: a stated percentile of the scores of held-out normal images (fewer than
@@ -121,11 +122,19 @@ AUTO_RULE_COST = {"cut:2": {2: (0.271, 0.652), 4: (0.337, 0.594), 8: (0.216, 0.6
                   "loo-max": {2: (0.646, 0.327), 4: (0.827, 0.153), 8: (0.870, 0.103)}}
 #: the scorer each rule's cost was measured with (other scorers that use the rule have not been measured)
 AUTO_RULE_MEASURED_WITH = {"cut:2": "D²4FAD-NN", "loo-max": "PatchCore-K"}
+#: scorers whose own 'auto' rule was measured: method → (rule, its cost by K as in ``AUTO_RULE_COST``, what it was
+#: measured with); the adapted student's by benchmarks/fewshot_dev_auto_threshold.py on the development pool
+SCORER_AUTO_RULE = {"adapted_student": ("loo-max", {2: (0.700, 0.169), 4: (0.846, 0.082), 8: (0.719, 0.169)},
+                                        "the default adapted student on the development pool")}
 
 
-def auto_rule(standardised: bool) -> str:
-    """The 'auto' rule for a model whose scores are (or are not) standardised by the supports' statistics."""
-    return AUTO_RULE["standardised" if standardised else "raw"]
+def auto_rule(standardised: bool, method: str | None = None) -> tuple[str, dict[int, tuple[float, float]], str]:
+    """The 'auto' rule for a model whose scores are (or are not) standardised by the supports' statistics, or for
+    a scorer (``method``) whose own rule was measured; with what it cost by K and what it was measured with."""
+    if method in SCORER_AUTO_RULE:
+        return SCORER_AUTO_RULE[method]
+    rule = AUTO_RULE["standardised" if standardised else "raw"]
+    return rule, AUTO_RULE_COST[rule], AUTO_RULE_MEASURED_WITH[rule]
 
 
 def describe_rule(rule: str, k: int) -> str:
@@ -157,18 +166,19 @@ def outlying_support(loo_scores: list[float]) -> int | None:
 
 
 def support_threshold(loo_scores: list[float], names: list[str] | None = None, *, standardised: bool = False,
+                      method: str | None = None,
                       advice: str = "use K ≥ 8 supports or --threshold-from a folder of held-out normal images"
                       ) -> Threshold:
-    """The 'auto' threshold (:data:`AUTO_RULE`) from the K supports' leave-one-out scores; with K < 2 there is none
-    (no verdicts, a warning).  ``names`` name the supports in the warnings; ``advice`` says what to do instead
-    (in the caller's terms)."""
+    """The 'auto' threshold (:func:`auto_rule`) from the K supports' leave-one-out scores; with K < 2 there is none
+    (no verdicts, a warning).  ``method``: the scorer's, for its own measured rule; ``names`` name the supports in
+    the warnings; ``advice`` says what to do instead (in the caller's terms)."""
     k = len(loo_scores)
     if k < 2:
         return Threshold(None, "none", "no threshold: the 'auto' threshold needs at least 2 supports",
                          warning="no 'auto' threshold from fewer than 2 supports, so no verdicts; give more supports, "
                                  "--threshold NUMBER or --threshold-from a folder of held-out normal images")
     names = names or [f"support {i + 1}" for i in range(k)]
-    rule = auto_rule(standardised)
+    rule, cost, measured_with = auto_rule(standardised, method)
     value = rule_threshold(rule, loo_scores)
     warnings = []
     outlier = outlying_support(loo_scores)
@@ -179,10 +189,10 @@ def support_threshold(loo_scores: list[float], names: list[str] | None = None, *
                         f"{loo_scores[outlier]:.4g}, the others {others.min():.4g}–{others.max():.4g}){sets}: check "
                         "that it is a typical normal image of this task, or leave it out")
     if k < MIN_RELIABLE_K:
-        cost_k = max([known for known in AUTO_RULE_COST[rule] if known <= k], default=min(AUTO_RULE_COST[rule]))
-        missed, false_alarms = AUTO_RULE_COST[rule][cost_k]
+        cost_k = max([known for known in cost if known <= k], default=min(cost))
+        missed, false_alarms = cost[cost_k]
         warnings.append(f"the 'auto' threshold rests on only K={k} supports: on the development tasks at K={cost_k} "
-                        f"its rule ({rule}, measured with {AUTO_RULE_MEASURED_WITH[rule]}) called {100 * missed:.0f}% of "
+                        f"its rule ({rule}, measured with {measured_with}) called {100 * missed:.0f}% of "
                         "abnormal images normal and "
                         f"{100 * false_alarms:.0f}% of normal images abnormal (docs/METHODS.md); {advice}")
     return Threshold(value, "support-leave-one-out",
