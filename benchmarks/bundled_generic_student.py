@@ -9,8 +9,8 @@ which is held out so that ``medad demo`` scores a task the student never saw; so
 test image are dropped.  The scorer's configuration (fine-tuning steps, the student term's weight and unit) is
 a row of that benchmark (``product_row``), with the teacher→student term of round 10 (``fewshot_dev_tsd.py``: the
 bundled D²4FAD-NN's map at small K) when its product rule chose it, and the support term's unit of round 11
-(``fewshot_dev_units.py``: the query's most similar support) when its rule chose that; it is stored in the file's
-metadata.  The
+(``fewshot_dev_units.py``: the query's most similar support) when its rule chose that and its replication on fresh
+draws (``fewshot_dev_replication.py``) kept it; it is stored in the file's metadata.  The
 weights are stored in float32: fine-tuning amplifies float16's rounding (scores on headct's test split moved by
 1.6e-2 in a trial).  The script records the scores of the fixed headct images of the bundled D²4FAD-NN's card, which
 ``tests/core/test_pretrained.py`` reproduces.
@@ -49,6 +49,8 @@ SELECTION = Path("benchmarks/results/fewshot_dev_tta.json")
 TSD_SELECTION = Path("benchmarks/results/fewshot_dev_tsd.json")
 #: round 11's selection: the support term's unit (and the student term's weight) of the rows above
 UNITS_SELECTION = Path("benchmarks/results/fewshot_dev_units.json")
+#: round 11's replication on fresh draws: whether round 11's choice stands
+REPLICATION = Path("benchmarks/results/fewshot_dev_replication.json")
 #: round 11's row families → the units they stand for
 UNIT_ROWS = {"support/mean+student/mean": "mean", "support/nn+student/mean": "nearest"}
 REFERENCE_K = 4
@@ -86,8 +88,8 @@ def trained_student(teacher, avoid: list, cache: Path) -> tuple[dict[str, torch.
 
 def product_config(row: str) -> tuple[AdaptedStudentConfig, dict]:
     """The scorer's configuration: ``row``'s, with round 10's teacher→student term and round 11's support unit when
-    their product rules changed the default; and the development figures of what was chosen (``fewshot_dev_tta.json``,
-    ``fewshot_dev_tsd.json``, ``fewshot_dev_units.json``)."""
+    their product rules changed the default (round 11's only if its replication kept it); and the development figures
+    of what was chosen (``fewshot_dev_tta.json``, ``fewshot_dev_tsd.json``, ``fewshot_dev_units.json``)."""
     selection = json.loads(SELECTION.read_text())["selection"]
     figures = {"row": row, "met": selection["met"], "benchmark": SELECTION.stem, **selection["candidates"][row]}
     config = row_config(row)
@@ -98,7 +100,7 @@ def product_config(row: str) -> tuple[AdaptedStudentConfig, dict]:
         figures = {"row": tsd["chosen"], "met": tsd["met"], "benchmark": TSD_SELECTION.stem,
                    **tsd["candidates"][tsd["chosen"]]}
     units = json.loads(UNITS_SELECTION.read_text())["selection"]
-    if units["changes"]:
+    if units["changes"] and json.loads(REPLICATION.read_text())["selection"]["keeps_round_11"]:
         family, _ = units["chosen"].split(" ", 1)
         if family not in UNIT_ROWS or units["gate"]["statistic"] is not None:
             raise ValueError(f"round 11 chose {units['chosen']}, which medad has no scorer for")
