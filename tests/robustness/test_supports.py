@@ -110,7 +110,7 @@ def test_the_default_scorers_auto_threshold_quotes_its_own_measured_cost():
     results = Path(__file__).parents[2] / "benchmarks" / "results" / "fewshot_dev_auto_threshold.json"
     if not results.is_file():
         pytest.skip("the benchmark's results are not in this checkout")
-    selection = json.loads(results.read_text())["selection"]
+    selection = json.loads(results.read_text())["selection"]  # its top level: the product default's rule
     assert selection["chosen"] == rule
     measured = {int(k): v for k, v in selection["cost"].items()}
     assert sorted(measured) == sorted(cost)

@@ -124,7 +124,7 @@ AUTO_RULE_COST = {"cut:2": {2: (0.271, 0.652), 4: (0.337, 0.594), 8: (0.216, 0.6
 AUTO_RULE_MEASURED_WITH = {"cut:2": "D²4FAD-NN", "loo-max": "PatchCore-K"}
 #: scorers whose own 'auto' rule was measured: method → (rule, its cost by K as in ``AUTO_RULE_COST``, what it was
 #: measured with); the adapted student's by benchmarks/fewshot_dev_auto_threshold.py on the development pool
-SCORER_AUTO_RULE = {"adapted_student": ("loo-max", {2: (0.700, 0.169), 4: (0.846, 0.082), 8: (0.719, 0.169)},
+SCORER_AUTO_RULE = {"adapted_student": ("loo-max", {2: (0.682, 0.190), 4: (0.742, 0.210), 8: (0.690, 0.194)},
                                         "the default adapted student on the development pool")}
 
 
