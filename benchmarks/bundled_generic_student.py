@@ -140,11 +140,11 @@ def card_markdown(card: dict) -> str:
         f"PatchCore-K by {card['development']['difference']:+.1f} points of mean image AUROC, no task by less than "
         f"{card['development']['worst_task_difference']:+.1f}. It is medad's default few-shot scorer by the rules of "
         "rounds 8, 10 and 11 and of round 11's replication on fresh draws (`docs/METHODS.md`): the best on that "
-        "pool with no task more than a point below PatchCore-K. " + ("The five reported test folds (`benchmarks/results/fewshot_loo.md`) were scored once with "
-                           "round 10's scorer, before round 11 changed the support term's unit; this configuration "
-                           "has not been scored on them." if card["config"]["support_unit"] == "nearest" else
-                           "Its pre-registered run on the five reported test folds: "
-                           "`benchmarks/results/fewshot_loo.md`."),
+        "pool with no task more than a point below PatchCore-K. "
+        + ("The five reported test folds (`benchmarks/results/fewshot_loo.md`) were scored once with round 10's "
+           "scorer, before round 11 changed the support term's unit; this configuration has not been scored on them."
+           if card["config"]["support_unit"] == "nearest" else
+           "Its pre-registered run on the five reported test folds: `benchmarks/results/fewshot_loo.md`."),
         *(["* Its support term is in units of the most similar reference's own leave-one-out score (round 11): a "
            "query close to a reference that is itself unlike the other references is not flagged for that alone."]
           if card["config"]["support_unit"] == "nearest" else []),

@@ -20,7 +20,6 @@ replication (``fewshot_dev_replication.json``) sent the default back to round 10
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import torch
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, task_images
 from fewshot_dev_tta import TEACHER, pool_arguments
-from fewshot_dev_units import DEFAULT_WEIGHT, TSD_MAX_K, TSD_WEIGHT, draw_terms
+from fewshot_dev_units import saved_draws, saved_draws_parser, DEFAULT_WEIGHT, TSD_MAX_K, TSD_WEIGHT, draw_terms
 
 from medad.backbones import build_teacher
 from medad.data.images import load_images
@@ -45,14 +44,6 @@ DEFAULTS = {"round 10 default": "support/mean", "round 11 default": "support/nn"
 REPLICATION = Path("benchmarks/results/fewshot_dev_replication.json")
 #: points of balanced error a rule must gain over loo-max to become the default's
 MIN_GAIN = 1.0
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="fewshot_dev_auto_threshold")
-    parser.add_argument("--gate-results", default="benchmarks/results/fewshot_dev_gate.json")
-    parser.add_argument("--tsd-results", default="benchmarks/results/fewshot_dev_tsd.json")
-    return parser.parse_args()
 
 
 def nearest_others(pooled: torch.Tensor) -> np.ndarray:
@@ -161,11 +152,10 @@ def markdown(data: dict, found: list[dict]) -> str:
 
 
 def main() -> int:
-    args = parse_args()
+    args = saved_draws_parser(__doc__, "fewshot_dev_auto_threshold").parse_args()
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_auto_threshold.py"),
                                keep=lambda record: False)
-    gate_data = json.loads(Path(args.gate_results).read_text())["draws"]
-    tsd_data = json.loads(Path(args.tsd_results).read_text())["tsd"]
+    gate_data, tsd_data = saved_draws(args)
     teacher = build_teacher(TEACHER).eval()
     found = records(gate_data, tsd_data, teacher)
     results.records[:] = found

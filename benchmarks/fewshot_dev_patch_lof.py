@@ -17,9 +17,6 @@ is more than 1 point below PatchCore-K and its mean beats the default's by at le
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -27,7 +24,7 @@ import torch.nn.functional as F
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import GUARD, TEACHER, pool_arguments, pool_table
-from fewshot_dev_units import DEFAULT_WEIGHT, MIN_GAIN, draw_terms, per_k_differences
+from fewshot_dev_units import saved_draws, saved_draws_parser, DEFAULT_WEIGHT, MIN_GAIN, draw_terms, per_k_differences
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -45,14 +42,6 @@ SUPPORT = SupportScoringConfig(augment="flip+rotate", score="top1")
 #: r(p) is floored at this fraction of its mean over the bank
 FLOOR = 0.1
 CANDIDATE, ALONE, DEFAULT = "lof+student/mean w=0.25", "lof", "support/nn+student/mean w=0.25"
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="fewshot_dev_patch_lof")
-    parser.add_argument("--gate-results", default="benchmarks/results/fewshot_dev_gate.json")
-    parser.add_argument("--tsd-results", default="benchmarks/results/fewshot_dev_tsd.json")
-    return parser.parse_args()
 
 
 def nearest(points: torch.Tensor, bank: torch.Tensor, excluded: torch.Tensor | None = None,
@@ -155,13 +144,12 @@ def markdown(data: dict, records: list[dict]) -> str:
 def main() -> int:
     import time
 
-    args = parse_args()
+    args = saved_draws_parser(__doc__, "fewshot_dev_patch_lof").parse_args()
     started = time.time()
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_patch_lof.py",
                                                                     environment="OMP_NUM_THREADS=2"),
                                keep=lambda record: False)
-    gate_data = json.loads(Path(args.gate_results).read_text())["draws"]
-    tsd_data = json.loads(Path(args.tsd_results).read_text())["tsd"]
+    gate_data, tsd_data = saved_draws(args)
     records, saved = run(gate_data, tsd_data, build_teacher(TEACHER).eval())
     results.records[:] = records
     results.data.update(lof=saved, selection=select(records), seconds=time.time() - started)

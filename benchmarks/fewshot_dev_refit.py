@@ -16,30 +16,19 @@ mean beats the default's by at least ``fewshot_dev_units.MIN_GAIN`` points; its 
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_weight
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, summary
 from fewshot_dev_tta import GUARD, TEACHER, pool_table
-from fewshot_dev_units import DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, draw_terms, per_k_differences
+from fewshot_dev_units import saved_draws, saved_draws_parser, DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, draw_terms, per_k_differences
 from sklearn.metrics import roc_auc_score
 
 from medad.results import BenchmarkResults, benchmark_command
 
 DEFAULT = "default"
 FAMILIES = ("student", "tsd")
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="fewshot_dev_refit")
-    parser.add_argument("--gate-results", default="benchmarks/results/fewshot_dev_gate.json")
-    parser.add_argument("--tsd-results", default="benchmarks/results/fewshot_dev_tsd.json")
-    return parser.parse_args()
 
 
 def family_scores(terms: dict[str, np.ndarray], family: str, weight: float) -> np.ndarray:
@@ -145,10 +134,9 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
 
 
 def main() -> int:
-    args = parse_args()
+    args = saved_draws_parser(__doc__, "fewshot_dev_refit").parse_args()
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_refit.py"), keep=lambda record: False)
-    gate_data = json.loads(Path(args.gate_results).read_text())["draws"]
-    tsd_data = json.loads(Path(args.tsd_results).read_text())["tsd"]
+    gate_data, tsd_data = saved_draws(args)
     table, records = tables(gate_data, tsd_data)
     gate_records, fitted = gated(table)
     records += gate_records

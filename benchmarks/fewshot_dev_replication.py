@@ -20,7 +20,6 @@ import dataclasses
 import itertools
 from pathlib import Path
 
-import numpy as np
 import torch
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, summary, task_images

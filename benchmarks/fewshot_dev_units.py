@@ -47,12 +47,20 @@ MIN_GAIN = 0.5
 FAMILIES = ("support/mean+student/nn", "support/nn+student/nn")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--name", default="fewshot_dev_units")
+def saved_draws_parser(description: str, name: str) -> argparse.ArgumentParser:
+    """Arguments of the benchmarks computed from the draws rounds 5 and 10 saved: the result name and both files."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default=name)
     parser.add_argument("--gate-results", default="benchmarks/results/fewshot_dev_gate.json")
     parser.add_argument("--tsd-results", default="benchmarks/results/fewshot_dev_tsd.json")
-    return parser.parse_args()
+    return parser
+
+
+def saved_draws(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Round 5's saved draws per task (support and student terms) and round 10's (teacher→student scores, each
+    query's most similar support)."""
+    return (json.loads(Path(args.gate_results).read_text())["draws"],
+            json.loads(Path(args.tsd_results).read_text())["tsd"])
 
 
 def draw_terms(gate_draw: dict, tsd_draw: dict, tsd_queries: np.ndarray) -> dict[str, np.ndarray]:
@@ -127,7 +135,7 @@ def per_k_differences(records: list[dict]) -> dict[str, dict[int, float]]:
     means: dict[tuple[str, int, str], list[float]] = {}
     for r in records:
         means.setdefault((r["method"], r["k"], r["task"]), []).append(100 * r["image_auroc"])
-    rows = {row for row, _, _ in means}
+    rows = sorted({row for row, _, _ in means})
     return {row: {k: float(np.mean([np.mean(means[(row, k, t)]) - np.mean(means[("patchcore", k, t)])
                                     for t in POOL])) for k in KS} for row in rows}
 
@@ -190,11 +198,10 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
 
 
 def main() -> int:
-    args = parse_args()
+    args = saved_draws_parser(__doc__, "fewshot_dev_units").parse_args()
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_units.py"),
                                keep=lambda record: False)
-    gate_data = json.loads(Path(args.gate_results).read_text())["draws"]
-    tsd_data = json.loads(Path(args.tsd_results).read_text())["tsd"]
+    gate_data, tsd_data = saved_draws(args)
     tables = family_table(gate_data, tsd_data)
     records, fitted = records_and_gates(tables)
     results.records[:] = records
