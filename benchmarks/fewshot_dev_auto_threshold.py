@@ -28,7 +28,7 @@ import torch
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, task_images
 from fewshot_dev_tta import TEACHER, pool_arguments
-from fewshot_dev_units import saved_draws, saved_draws_parser, DEFAULT_WEIGHT, TSD_MAX_K, TSD_WEIGHT, draw_terms
+from fewshot_dev_units import DEFAULT_WEIGHT, TSD_MAX_K, TSD_WEIGHT, draw_terms, saved_draws, saved_draws_parser
 
 from medad.backbones import build_teacher
 from medad.data.images import load_images

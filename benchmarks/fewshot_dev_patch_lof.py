@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import GUARD, TEACHER, pool_arguments, pool_table
-from fewshot_dev_units import saved_draws, saved_draws_parser, DEFAULT_WEIGHT, MIN_GAIN, draw_terms, per_k_differences
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, per_k_differences,
+                              saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
@@ -100,9 +101,7 @@ def run(gate_data: dict, tsd_data: dict, teacher) -> tuple[list[dict], dict]:
                     CANDIDATE: lof + DEFAULT_WEIGHT * terms["student/mean"] + terms["tsd"],
                     DEFAULT: terms["support/nn"] + DEFAULT_WEIGHT * terms["student/mean"] + terms["tsd"]}
             for row, scores in rows.items():
-                records.append({"method": row, "task": task, "seed": seed, "k": k, "support_draw": draw,
-                                "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-                                "features": f"lite0@{IMAGE_SIZE}", "image_auroc": roc_auc_score(labels, scores)})
+                records.append(development_record(row, task, (seed, k, draw), 100 * roc_auc_score(labels, scores)))
     return records, saved
 
 

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 
 import numpy as np
-from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_weight
+from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, summary
-from fewshot_dev_tta import GUARD, TEACHER, pool_table
-from fewshot_dev_units import saved_draws, saved_draws_parser, DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, draw_terms, per_k_differences
+from fewshot_dev_tta import GUARD, pool_table
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, development_record, draw_terms, k_gated_records,
+                              per_k_differences, saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 
 from medad.results import BenchmarkResults, benchmark_command
@@ -46,9 +47,7 @@ def tables(gate_data: dict, tsd_data: dict) -> tuple[dict[str, dict[str, list[di
     records = []
 
     def add(row: str, task: str, key: tuple, auroc: float) -> None:
-        records.append({"method": row, "task": task, "seed": key[0], "k": key[1], "support_draw": key[2],
-                        "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-                        "features": f"lite0@{IMAGE_SIZE}", "image_auroc": auroc / 100})
+        records.append(development_record(row, task, key, auroc))
 
     for task in POOL:
         labels, tsd_queries = np.array(gate_data[task]["labels"]), np.array(tsd_data[task]["queries"])
@@ -67,24 +66,6 @@ def tables(gate_data: dict, tsd_data: dict) -> tuple[dict[str, dict[str, list[di
                 for w, auroc in zip(WEIGHTS, aurocs, strict=True):
                     add(f"{family} w={w:g}", task, key, auroc)
     return out, records
-
-
-def gated(table: dict[str, dict[str, list[dict]]]) -> tuple[list[dict], dict[str, dict]]:
-    """Records of each family's gate[k] row (each task's gate fitted on the other nine) and the gates."""
-    records, fitted = [], {}
-    for family in FAMILIES:
-        row = f"{family} gate[k]"
-        fitted[row] = {}
-        for task in POOL:
-            gate = fit_gate(table[family], [t for t in POOL if t != task], ("k",))
-            fitted[row][task] = describe(gate)
-            for r in table[family][task]:
-                key = r["key"]
-                records.append({"method": row, "task": task, "seed": key[0], "k": key[1], "support_draw": key[2],
-                                "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-                                "features": f"lite0@{IMAGE_SIZE}",
-                                "image_auroc": r["weights"][gate_weight(gate, r["statistics"])] / 100})
-    return records, fitted
 
 
 def select(records: list[dict], table: dict[str, dict[str, list[dict]]]) -> dict:
@@ -138,7 +119,7 @@ def main() -> int:
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_refit.py"), keep=lambda record: False)
     gate_data, tsd_data = saved_draws(args)
     table, records = tables(gate_data, tsd_data)
-    gate_records, fitted = gated(table)
+    gate_records, fitted = k_gated_records(table, FAMILIES)
     records += gate_records
     results.records[:] = records
     results.data.update(fitted=fitted, selection=select(records, table))

@@ -100,14 +100,35 @@ def family_table(gate_data: dict, tsd_data: dict) -> dict[str, dict[str, list[di
     return tables
 
 
+def development_record(row: str, task: str, key: tuple[int, int, int], auroc: float) -> dict:
+    """The record of one row's AUROC (%) on one draw (seed, K, draw) of a pool task."""
+    return {"method": row, "task": task, "seed": key[0], "k": key[1], "support_draw": key[2], "backbone": TEACHER,
+            "image_size": IMAGE_SIZE, "protocol": "development", "features": f"lite0@{IMAGE_SIZE}",
+            "image_auroc": auroc / 100}
+
+
+def k_gated_records(tables: dict[str, dict[str, list[dict]]], families: tuple[str, ...]
+                    ) -> tuple[list[dict], dict[str, dict]]:
+    """Each family's ``gate[k]`` row: every pool task's gate on K fitted on the other nine tasks' draws (round 5's
+    ``fit_gate``) and applied to its own; the records and the gates."""
+    records, fitted = [], {}
+    for family in families:
+        row = f"{family} gate[k]"
+        fitted[row] = {}
+        for task in POOL:
+            gate = fit_gate(tables[family], [t for t in POOL if t != task], ("k",))
+            fitted[row][task] = describe(gate)
+            records += [development_record(row, task, r["key"], r["weights"][gate_weight(gate, r["statistics"])])
+                        for r in tables[family][task]]
+    return records, fitted
+
+
 def records_and_gates(tables: dict[str, dict[str, list[dict]]]) -> tuple[list[dict], dict[str, dict]]:
     """Records of every row (the gate rows by inner leave-one-task-out) and the gates fitted without each task."""
-    records, fitted = [], {}
+    records = []
 
     def add(row: str, task: str, key: tuple, auroc: float) -> None:
-        records.append({"method": row, "task": task, "seed": key[0], "k": key[1], "support_draw": key[2],
-                        "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-                        "features": f"lite0@{IMAGE_SIZE}", "image_auroc": auroc / 100})
+        records.append(development_record(row, task, key, auroc))
 
     for task in POOL:
         for r in tables[FAMILIES[0]][task]:
@@ -119,15 +140,8 @@ def records_and_gates(tables: dict[str, dict[str, list[dict]]]) -> tuple[list[di
             for r in tables[family][task]:
                 for w, auroc in zip(WEIGHTS[1:], r["weights"][1:], strict=True):
                     add(f"{family} w={w:g}", task, r["key"], auroc)
-    for family in FAMILIES:
-        row = f"{family} gate[k]"
-        fitted[row] = {}
-        for task in POOL:
-            gate = fit_gate(tables[family], [t for t in POOL if t != task], ("k",))
-            fitted[row][task] = describe(gate)
-            for r in tables[family][task]:
-                add(row, task, r["key"], r["weights"][gate_weight(gate, r["statistics"])])
-    return records, fitted
+    gated, fitted = k_gated_records(tables, FAMILIES)
+    return records + gated, fitted
 
 
 def per_k_differences(records: list[dict]) -> dict[str, dict[int, float]]:
