@@ -274,10 +274,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
                                                 "those; the gates are fitted and the rule applied once every task is "
                                                 "done.**", ""]
     if fitted:
-        lines += ["", "Gates fitted without each task (statistic: threshold, weight below → above):", "",
-                  "| row | " + " | ".join(POOL) + " |", "|---" * (1 + len(POOL)) + "|"]
-        for row, per_task in fitted.items():
-            lines.append(f"| {row} | " + " | ".join(_gate_text(per_task[t]) for t in POOL) + " |")
+        lines += gate_table(fitted)
     selection = data.get("selection")
     if selection:
         chosen = selection["chosen"]
@@ -292,6 +289,14 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
                          + ("**met**: a fourth look at the test folds" if selection["met"]
                             else "**not met**: the test folds are not read"))
     return "\n".join(lines) + "\n"
+
+
+def gate_table(fitted: dict[str, dict]) -> list[str]:
+    """Markdown lines: each gate row's gate fitted without each pool task."""
+    return ["", "Gates fitted without each task (statistic: threshold, weight below → above):", "",
+            "| row | " + " | ".join(POOL) + " |", "|---" * (1 + len(POOL)) + "|",
+            *[f"| {row} | " + " | ".join(_gate_text(per_task[t]) for t in POOL) + " |"
+              for row, per_task in fitted.items()]]
 
 
 def _gate_text(gate: dict) -> str:

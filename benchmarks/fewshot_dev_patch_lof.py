@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import GUARD, TEACHER, pool_arguments, pool_table
-from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, per_k_differences,
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, per_k_differences, per_k_table,
                               saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
@@ -130,10 +130,7 @@ def markdown(data: dict, records: list[dict]) -> str:
              "½ × the teacher→student term. Image AUROC (%), mean over K and draws per task; Δ = mean minus "
              f"PatchCore-K's on the same supports; guard ✓ = no task more than {GUARD:g} point below PatchCore-K.", ""]
     lines += pool_table(rows)
-    lines += ["", "Δ against PatchCore-K per K (mean over the ten tasks):", "", "| row | K = 2 | K = 4 | K = 8 |",
-              "|---|---|---|---|"]
-    lines += [f"| {row} | " + " | ".join(f"{v:+.2f}" for v in by_k[row].values()) + " |"
-              for row in (CANDIDATE, ALONE, DEFAULT)]
+    lines += per_k_table(by_k, [CANDIDATE, ALONE, DEFAULT])
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}: candidate {s['candidate_mean']:.2f} (worst task "
               f"{s['worst_task_difference']:+.1f}) against the default's {s['default_mean']:.2f} → "
               + ("**the default changes**" if s["changes"] else "**the default is unchanged**")]

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 
 import numpy as np
-from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate
-from fewshot_dev_learned import IMAGE_SIZE, KS
+from fewshot_dev_gate import WEIGHTS, describe, fit_gate, gate_table
+from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary
 from fewshot_dev_tta import GUARD, pool_table
-from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, development_record, draw_terms, k_gated_records,
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, development_record, draw_terms, k_gated_records, per_k_table,
                               per_k_differences, saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 
@@ -100,13 +100,8 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              f"more than {GUARD:g} point below PatchCore-K. `gate[k]` rows: each task's gate fitted on the other nine.",
              ""]
     lines += pool_table(rows)
-    lines += ["", "Δ against PatchCore-K per K (mean over the ten tasks):", "",
-              "| row | " + " | ".join(f"K = {k}" for k in KS) + " |", "|---" * (1 + len(KS)) + "|"]
-    lines += [f"| {row} | " + " | ".join(f"{by_k[row][k]:+.2f}" for k in KS) + " |"
-              for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"]
-    lines += ["", "Gates fitted without each task (statistic: threshold, weight below → above):", "",
-              "| row | " + " | ".join(POOL) + " |", "|---" * (1 + len(POOL)) + "|"]
-    lines += [f"| {row} | " + " | ".join(_gate_text(g[t]) for t in POOL) + " |" for row, g in fitted.items()]
+    lines += per_k_table(by_k, [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"])
+    lines += gate_table(fitted)
     best = s["candidates"][s["best"]]
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}: best `{s['best']}` {best['mean']:.2f} (worst task "
               f"{best['worst_task_difference']:+.1f}) against the default's {s['default_mean']:.2f} → "

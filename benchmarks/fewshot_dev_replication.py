@@ -21,10 +21,10 @@ import itertools
 from pathlib import Path
 
 import torch
-from fewshot_dev_learned import IMAGE_SIZE, KS
+from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import TEACHER, generic_student, pool_arguments, pool_table, run_pending_tasks
-from fewshot_dev_units import per_k_differences
+from fewshot_dev_units import per_k_differences, per_k_table
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
@@ -104,9 +104,7 @@ def markdown(data: dict, found: list[dict]) -> str:
     lines += pool_table(rows)
     by_k = per_k_differences(found) if len(done) == len(POOL) else {}
     if by_k:
-        lines += ["", "Δ against PatchCore-K per K (mean over the ten tasks):", "", "| row | K = 2 | K = 4 | K = 8 |",
-                  "|---|---|---|---|"]
-        lines += [f"| {row} | " + " | ".join(f"{by_k[row][k]:+.2f}" for k in KS) + " |" for row in ROWS]
+        lines += per_k_table(by_k, list(ROWS))
         s = decide(found)
         lines += ["", f"Rule (stated before the run): round 11's default {s['round_11_mean']:.2f} against round 10's "
                   f"{s['round_10_mean']:.2f} → " + ("**the default stays round 11's**" if s["keeps_round_11"]

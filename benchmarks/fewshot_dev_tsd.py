@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fewshot_dev_gate import WEIGHTS, _gate_text, _variation, describe, fit_gate, gate_weight
+from fewshot_dev_gate import WEIGHTS, _gate_text, _variation, describe, fit_gate, gate_table, gate_weight
 from fewshot_dev_learned import IMAGE_SIZE, KS, METHOD, SEED
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import GUARD, RECIPE, TEACHER, apply_rule, evaluation_samples, pool_arguments, pool_table, run_pending_tasks
@@ -266,10 +266,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
                   "and the rules applied once every task is done.**", ""]
     lines += pool_table(rows)
     if fitted:
-        lines += ["", "Gates fitted without each task (statistic: threshold, weight below → above):", "",
-                  "| row | " + " | ".join(POOL) + " |", "|---" * (1 + len(POOL)) + "|"]
-        lines += [f"| {row} | " + " | ".join(_gate_text(per_task[t]) for t in POOL) + " |"
-                  for row, per_task in fitted.items()]
+        lines += gate_table(fitted)
     selection = data.get("selection")
     if selection:
         lines += ["", "## The pre-stated rules", "", f"Fourth look: {selection['rule']}.", ""]

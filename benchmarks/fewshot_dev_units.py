@@ -30,7 +30,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_weight
+from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_table, gate_weight
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, summary
 from fewshot_dev_tta import GUARD, TEACHER, pool_table
@@ -154,6 +154,13 @@ def per_k_differences(records: list[dict]) -> dict[str, dict[int, float]]:
                                     for t in POOL])) for k in KS} for row in rows}
 
 
+def per_k_table(by_k: dict[str, dict[int, float]], rows: list[str],
+                caption: str = "Δ against PatchCore-K per K (mean over the ten tasks):") -> list[str]:
+    """Markdown lines: ``rows``' differences from PatchCore-K per K (:func:`per_k_differences`)."""
+    return ["", caption, "", "| row | " + " | ".join(f"K = {k}" for k in KS) + " |", "|---" * (1 + len(KS)) + "|",
+            *[f"| {row} | " + " | ".join(f"{by_k[row][k]:+.2f}" for k in KS) + " |" for row in rows]]
+
+
 def select(records: list[dict], tables: dict[str, dict[str, list[dict]]]) -> dict:
     """The pre-stated rule (module doc), and the chosen row's gate fitted on all ten tasks."""
     rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
@@ -190,14 +197,9 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              f"on the same supports; guard ✓ = no task more than {GUARD:g} point below PatchCore-K. `gate[k]` rows: "
              "each task's gate fitted on the other nine tasks.", ""]
     lines += pool_table(rows)
-    lines += ["", "Δ against PatchCore-K per K (mean over the ten tasks; for information, the rule is over all K):", "",
-              "| row | " + " | ".join(f"K = {k}" for k in KS) + " |", "|---" * (1 + len(KS)) + "|"]
-    lines += [f"| {row} | " + " | ".join(f"{by_k[row][k]:+.2f}" for k in KS) + " |"
-              for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"]
-    lines += ["", "Gates fitted without each task (statistic: threshold, weight below → above):", "",
-              "| row | " + " | ".join(POOL) + " |", "|---" * (1 + len(POOL)) + "|"]
-    lines += [f"| {row} | " + " | ".join(_gate_text(per_task[t]) for t in POOL) + " |"
-              for row, per_task in fitted.items()]
+    lines += per_k_table(by_k, [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"],
+                         "Δ against PatchCore-K per K (mean over the ten tasks; for information, the rule is over all K):")
+    lines += gate_table(fitted)
     s = data["selection"]
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}.", ""]
     if s["chosen"] is None:
