@@ -78,9 +78,10 @@ def records(gate_data: dict, tsd_data: dict, teacher) -> list[dict]:
             supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
                                       workers=0)
             pooled = SupportScoring.encoding_from_teacher(teacher_features(teacher, supports), (IMAGE_SIZE,) * 2).pooled
+            others = nearest_others(pooled)
             terms = draw_terms(gate_draw, tsd_draw, tsd_queries)
             for method, unit in DEFAULTS.items():
-                loo = leave_one_out(gate_draw, tsd_draw, nearest_others(pooled), unit)
+                loo = leave_one_out(gate_draw, tsd_draw, others, unit)
                 scores = terms[unit] + DEFAULT_WEIGHT * terms["student/mean"] + terms["tsd"]
                 for rule in RULES:
                     threshold = rule_threshold(rule, loo)
