@@ -24,7 +24,7 @@ import torch
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
 from fewshot_dev_tta import TEACHER, generic_student, pool_arguments, pool_table, run_pending_tasks
-from fewshot_dev_units import per_k_differences, per_k_table
+from fewshot_dev_units import development_record, per_k_differences, per_k_table
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
@@ -75,9 +75,7 @@ def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
 
 
 def records(data: dict) -> list[dict]:
-    return [{"method": row, "task": task, "seed": d["seed"], "k": d["k"], "support_draw": d["draw"],
-             "backbone": TEACHER, "image_size": IMAGE_SIZE, "protocol": "development",
-             "features": f"lite0@{IMAGE_SIZE}", "image_auroc": auroc / 100}
+    return [development_record(row, task, (d["seed"], d["k"], d["draw"]), auroc)
             for task, draws in data["draws"].items() for d in draws for row, auroc in d["auroc"].items()]
 
 
