@@ -126,8 +126,7 @@ def _adapted_student(checkpoint: str | Path | None, teacher_weights: str | Path 
     from medad.checkpoints import load_model
     from medad.device import resolve_device, to_device
     from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentFewShot
-    from medad.pretrained import (GENERIC_METHOD, GENERIC_NAME, bundled_checkpoint, file_sha256,
-                                  generic_student_checkpoint)
+    from medad.pretrained import GENERIC_METHOD, GENERIC_NAME, file_sha256, generic_student_checkpoint
     from medad.scoring import DEFAULT_SIGMA
 
     bundled = checkpoint is None
@@ -138,8 +137,8 @@ def _adapted_student(checkpoint: str | Path | None, teacher_weights: str | Path 
     state, meta = load_model(file, GENERIC_METHOD)
     teacher = build_teacher(meta["teacher"], weights=teacher_weights)
     config = AdaptedStudentConfig.from_dict(meta["config"])
-    tsd_model, tsd_meta, tsd_digest = (_bundled_tsd_model(meta["teacher"], teacher_weights) if config.tsd_weight
-                                       else (None, {}, ""))
+    tsd_model, tsd_meta, tsd_file = (_bundled_tsd_model(meta["teacher"], teacher_weights) if config.tsd_weight
+                                     else (None, {}, {"sha256": ""}))
     model = AdaptedStudentFewShot(teacher, {key: value.float() for key, value in state.items()}, config,
                                   tsd_student=tsd_model.student if tsd_model else None,
                                   tsd_sigma=tsd_model.config.sigma if tsd_model else DEFAULT_SIGMA)
@@ -150,16 +149,17 @@ def _adapted_student(checkpoint: str | Path | None, teacher_weights: str | Path 
             else f"{GENERIC_METHOD} checkpoint {file} (generic student trained on {tasks})")
     extra = {}
     if tsd_model is not None:
-        name += f"; teacher→student term at K ≤ {config.tsd_max_k} from the bundled D²4FAD-NN (sha256 {tsd_digest[:12]}…)"
-        extra = {"tsd_model": {"file": str(bundled_checkpoint()), "sha256": tsd_digest,
-                               "train_tasks": tsd_meta.get("train_tasks", [])}}
+        name += (f"; teacher→student term at K ≤ {config.tsd_max_k} from the bundled D²4FAD-NN "
+                 f"(sha256 {tsd_file['sha256'][:12]}…)")
+        extra = {"tsd_model": {**tsd_file, "train_tasks": tsd_meta.get("train_tasks", [])}}
     return ScoringModel(model, {**model.meta(), "image_size": meta["image_size"], "train_tasks": meta["train_tasks"],
-                                **extra}, name, file, digest + tsd_digest)
+                                **extra}, name, file, digest + tsd_file["sha256"])
 
 
-def _bundled_tsd_model(teacher: str, teacher_weights: str | Path | None) -> tuple[Any, dict[str, Any], str]:
-    """The bundled D²4FAD-NN (whose teacher→student map the adapted student's config asks for), its metadata and
-    digest; its teacher must be the generic student's."""
+def _bundled_tsd_model(teacher: str, teacher_weights: str | Path | None
+                       ) -> tuple[Any, dict[str, Any], dict[str, str]]:
+    """The bundled D²4FAD-NN (whose teacher→student map the adapted student's config asks for), its metadata, and
+    its file and digest (``{"file", "sha256"}``); its teacher must be the generic student's."""
     from medad.models.factory import load_trained_model
     from medad.pretrained import bundled_checkpoint, file_sha256
 
@@ -170,7 +170,7 @@ def _bundled_tsd_model(teacher: str, teacher_weights: str | Path | None) -> tupl
     model, meta = load_trained_model(file, teacher_weights, expected_method="d24fad_nn")
     if meta["teacher"] != teacher:
         raise CheckpointError(f"the bundled model's teacher {meta['teacher']} is not the generic student's {teacher}")
-    return model, meta, file_sha256(file)
+    return model, meta, {"file": str(file), "sha256": file_sha256(file)}
 
 
 def _support_cache_file(cache_dir: Path, scorer: ScoringModel, images: torch.Tensor) -> Path:
