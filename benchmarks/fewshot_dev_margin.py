@@ -6,34 +6,46 @@ Writes benchmarks/results/fewshot_dev_margin.json (+ .md).  Resumable per task; 
 processes.  Needs what ``fewshot_dev_replication.py`` needs.
 
 A measurement, not a selection: nothing is chosen by it.  It scores fresh draws (draw seed 2, 3 per K, that no round
-has scored) through the product's scorer exactly as ``fewshot_dev_replication.py`` scored seed 1 (same students,
-models and queries), and pools the paired per-draw differences (round 10's default − PatchCore-K on the same
-supports) of three draw sets: seed 0 (the draws rounds 5–14 chose on, from ``fewshot_dev_units.json``), seed 1
+has scored) with the same students, models and queries as rounds 5 and 10, and saves every draw's per-query terms as
+those rounds saved theirs (``fewshot_dev_gate.score_draw``, ``fewshot_dev_tsd.tsd_scores``; plus the generic student's
+query scores of round 14), so that a later round can be checked on fresh draws from this file in seconds.  Round 10's
+default is computed from the terms (``fewshot_dev_units.draw_terms``; the product's scorer reproduces it exactly, see
+``fewshot_dev_replication``).  The paired per-draw differences (the default − PatchCore-K on the same supports) of
+three draw sets are reported: seed 0 (the draws rounds 5–14 chose on, ``fewshot_dev_units.json``), seed 1
 (``fewshot_dev_replication.json``) and seed 2 (here).  The intervals resample tasks, then draws within each task, as
 ``fewshot_loo.py`` does over folds.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from fewshot_dev_learned import KS
-from fewshot_dev_replication import records, run_task
-from fewshot_dev_research import POOL
-from fewshot_dev_tta import TEACHER, pool_arguments, run_pending_tasks
-from fewshot_dev_units import DEFAULT_ROW
+from fewshot_dev_gate import STEPS, UNIT, score_draw
+from fewshot_dev_learned import IMAGE_SIZE, KS
+from fewshot_dev_research import POOL, task_images
+from fewshot_dev_tsd import tsd_scores
+from fewshot_dev_tta import TEACHER, generic_student, pool_arguments, run_pending_tasks
+from fewshot_dev_units import DEFAULT_ROW, DEFAULT_WEIGHT, development_record, draw_terms
 from fewshot_loo import bootstrap_fold, bootstrap_folds
+from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
+from medad.data.images import load_images
+from medad.engine.fewshot import draw_supports
+from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, load_student, student_maps,
+                                          teacher_features)
+from medad.models.factory import load_trained_model
+from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
-DEFAULT, BASELINE = "round 10 default", "patchcore"
+BASELINE = "patchcore"
 #: draw set → (results file, the default's row name in it); the fresh set is this benchmark's own
 EARLIER = {"seed 0 (chosen on)": ("benchmarks/results/fewshot_dev_units.json", DEFAULT_ROW),
-           "seed 1 (fresh)": ("benchmarks/results/fewshot_dev_replication.json", DEFAULT)}
+           "seed 1 (fresh)": ("benchmarks/results/fewshot_dev_replication.json", "round 10 default")}
 BOOTSTRAP = 10_000
 
 
@@ -43,6 +55,47 @@ def parse_args():
     parser.add_argument("--name", default="fewshot_dev_margin")
     parser.add_argument("--runs", default="benchmarks/.runs/fewshot_dev_learned", help="round 8's run folders")
     return parser.parse_args()
+
+
+def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
+    """Every fresh draw of one pool task: PatchCore-K's scores and the default's terms (module doc) per query."""
+    state = generic_student(task, teacher, args, {})
+    scorer = AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=STEPS, student_scale=UNIT, weight=0.0))
+    tsd_model, _ = load_trained_model(Path(args.runs) / task, expected_method="d24fad_nn")
+    pool, images, labels = task_images(task, args, IMAGE_SIZE)
+    features = teacher_features(teacher, images)
+    image_size = tuple(images.shape[-2:])
+    queries = SupportScoring.encoding_from_teacher(features, image_size)
+    patchcore = SupportScoring(teacher, SupportScoringConfig())
+    tsd_queries, query_pooled = tsd_scores(tsd_model, images)
+    with torch.no_grad():
+        generic_queries = reduce_map(student_maps(load_student(teacher, state), features, image_size), "top1")
+    draws = []
+    for seed, k, draw in itertools.product(args.seeds, args.k, range(args.draws)):
+        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
+                                  workers=0)
+        entry = {"seed": seed, "k": k, "draw": draw,
+                 "patchcore": patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1].tolist()}
+        entry.update(score_draw(scorer, state, supports, features, queries, image_size, draw))
+        tsd_supports, pooled = tsd_scores(tsd_model, supports)
+        entry.update(supports=tsd_supports.tolist(), nearest=(query_pooled @ pooled.T).argmax(dim=1).tolist())
+        draws.append(entry)
+    results.data["draws"][task] = {"labels": labels.tolist(), "tsd_queries": tsd_queries.tolist(),
+                                   "generic_queries": generic_queries.tolist(), "draws": draws}
+
+
+def records(data: dict) -> list[dict]:
+    """PatchCore-K's and the default's AUROC (%) on every saved draw (the default from its terms)."""
+    found = []
+    for task, saved in data["draws"].items():
+        labels, tsd_queries = np.array(saved["labels"]), np.array(saved["tsd_queries"])
+        for d in saved["draws"]:
+            terms = draw_terms(d, d, tsd_queries)
+            default = terms["support/mean"] + DEFAULT_WEIGHT * terms["student/mean"] + terms["tsd"]
+            key = (d["seed"], d["k"], d["draw"])
+            found += [development_record(BASELINE, task, key, 100 * roc_auc_score(labels, d["patchcore"])),
+                      development_record(DEFAULT_ROW, task, key, 100 * roc_auc_score(labels, default))]
+    return found
 
 
 def paired_differences(found: list[dict], row: str) -> dict[int, dict[str, np.ndarray]]:
@@ -75,7 +128,7 @@ def draw_sets(fresh: list[dict]) -> dict[str, dict[int, dict[str, np.ndarray]]]:
     """Each draw set's paired differences, and the fresh sets pooled."""
     sets = {name: paired_differences(json.loads(Path(file).read_text())["records"], row)
             for name, (file, row) in EARLIER.items()}
-    sets["seed 2 (fresh)"] = paired_differences(fresh, DEFAULT)
+    sets["seed 2 (fresh)"] = paired_differences(fresh, DEFAULT_ROW)
     sets["seeds 1 + 2 (fresh, pooled)"] = {k: {t: np.concatenate([sets["seed 1 (fresh)"][k][t],
                                                                     sets["seed 2 (fresh)"][k][t]]) for t in POOL}
                                            for k in KS}
