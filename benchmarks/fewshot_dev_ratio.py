@@ -55,12 +55,13 @@ def generic_query_scores(results: BenchmarkResults, teacher, task: str, args) ->
     results.data["generic_queries"][task] = {"labels": labels.tolist(), "scores": scores.tolist()}
 
 
-def ratio_term(gate_draw: dict, generic_queries: np.ndarray) -> np.ndarray:
-    """Each query's adapted-over-generic score in units of the supports' mean held-out-over-generic score."""
+def ratio_term(gate_draw: dict, generic_queries: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Each query's adapted score over its generic score to the ``power``, in units of the supports' mean held-out
+    score over their generic score to the same power (``power`` 1: round 14's ratio; round 15 tries less)."""
     held_out = np.array(gate_draw["held_out"])
     adapted = np.array(gate_draw["student_term"]) * max(float(held_out.mean()), 1e-6)
-    unit = float(np.mean(held_out / np.maximum(np.array(gate_draw["generic"]), 1e-6)))
-    return adapted / np.maximum(generic_queries, 1e-6) / max(unit, 1e-6)
+    unit = float(np.mean(held_out / np.maximum(np.array(gate_draw["generic"]), 1e-6) ** power))
+    return adapted / np.maximum(generic_queries, 1e-6) ** power / max(unit, 1e-6)
 
 
 def family_scores(terms: dict[str, np.ndarray], family: str, weight: float) -> np.ndarray:
