@@ -26,9 +26,9 @@ import numpy as np
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_ratio import ratio_term
 from fewshot_dev_research import POOL, summary
-from fewshot_dev_tta import GUARD, pool_table
-from fewshot_dev_units import (DEFAULT_ROW, DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, per_k_differences,
-                               per_k_table, saved_draws, saved_draws_parser)
+from fewshot_dev_tta import GUARD
+from fewshot_dev_units import (DEFAULT_ROW, DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, guarded_best,
+                               per_k_differences, row_tables, saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 
 from medad.results import BenchmarkResults, benchmark_command
@@ -88,10 +88,8 @@ def worst_difference(row: dict, base: dict) -> float:
 def select(found: list[dict]) -> dict:
     """The candidate (module doc), if any."""
     rows = summary(found)[f"lite0@{IMAGE_SIZE}"]
-    base, default_mean = rows["patchcore"], rows[DEFAULT_ROW]["mean"]
-    guarded = [row for row in rows if row not in ("patchcore", DEFAULT_ROW)
-               and worst_difference(rows[row], base) >= -GUARD]
-    chosen = max(guarded, key=lambda row: rows[row]["mean"]) if guarded else None
+    default_mean = rows[DEFAULT_ROW]["mean"]
+    _, chosen = guarded_best(rows, (DEFAULT_ROW,))
     return {"rule": f"among rows with no pool task more than {GUARD:g} point below PatchCore-K, the best mean; a "
                     f"candidate if it beats the default's by at least {MIN_GAIN:g} point",
             "default_mean": default_mean, "chosen": chosen,
@@ -121,9 +119,7 @@ def markdown(data: dict, found: list[dict]) -> str:
              "score to β; W = its weight. Every row adds round 10's ½ × T→S/nn term at K = 2, as the default "
              f"(`{DEFAULT_ROW}`) does. Image AUROC (%), mean over K and draws per task; Δ = mean minus PatchCore-K's on "
              f"the same supports; guard ✓ = no task more than {GUARD:g} point below PatchCore-K.", ""]
-    lines += pool_table(rows)
-    lines += per_k_table(by_k, [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"],
-                         "Δ against PatchCore-K per K (mean over the ten tasks; for information, the rule is over all K):")
+    lines += row_tables(rows, by_k)
     s = data["selection"]
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}.", ""]
     if not s["candidate"]:

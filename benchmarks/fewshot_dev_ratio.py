@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from fewshot_dev_gate import WEIGHTS, describe, fit_gate, gate_table
+from fewshot_dev_gate import WEIGHTS, describe, fit_gate
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import GUARD, TEACHER, generic_student, pool_arguments, pool_table, run_pending_tasks
-from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, k_gated_records,
-                               per_k_differences, per_k_table, saved_draws)
+from fewshot_dev_tta import GUARD, TEACHER, generic_student, pool_arguments, run_pending_tasks
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, guarded_best,
+                               k_gated_records, per_k_differences, row_tables, saved_draws)
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
@@ -102,11 +102,7 @@ def select(records: list[dict], table: dict[str, dict[str, list[dict]]]) -> dict
     """The pre-stated rule (module doc): the candidate for a replication, if any."""
     rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
     base, default_mean = rows["patchcore"], rows[DEFAULT]["mean"]
-    candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
-                        "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
-                  for row, r in rows.items() if row not in ("patchcore", DEFAULT)}
-    guarded = [row for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD]
-    chosen = max(guarded, key=lambda row: candidates[row]["mean"]) if guarded else None
+    candidates, chosen = guarded_best(rows, (DEFAULT,))
     selection = {"rule": f"among rows with no pool task more than {GUARD:g} point below PatchCore-K, the best mean; a "
                          f"candidate for a replication on fresh draws if it beats the default's by at least "
                          f"{MIN_GAIN:g} point", "patchcore_mean": base["mean"], "default_mean": default_mean,
@@ -134,10 +130,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              f"(`{DEFAULT}`: support/mean + ¼ × student/mean) does. Image AUROC (%), mean over K and draws per task; "
              f"Δ = mean minus PatchCore-K's on the same supports; guard ✓ = no task more than {GUARD:g} point below "
              "PatchCore-K. `gate[k]` rows: each task's gate fitted on the other nine tasks.", ""]
-    lines += pool_table(rows)
-    lines += per_k_table(by_k, [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"],
-                         "Δ against PatchCore-K per K (mean over the ten tasks; for information, the rule is over all K):")
-    lines += gate_table(fitted)
+    lines += row_tables(rows, by_k, fitted)
     s = data["selection"]
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}.", ""]
     if s["chosen"] is None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 
 import numpy as np
-from fewshot_dev_gate import WEIGHTS, describe, fit_gate, gate_table
+from fewshot_dev_gate import WEIGHTS, describe, fit_gate
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary
-from fewshot_dev_tta import GUARD, pool_table
-from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, TSD_WEIGHT, development_record, draw_terms, k_gated_records, per_k_table,
-                              per_k_differences, saved_draws, saved_draws_parser)
+from fewshot_dev_tta import GUARD
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, PER_K_CAPTION, TSD_WEIGHT, development_record, draw_terms,
+                               k_gated_records, per_k_differences, row_tables, saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 
 from medad.results import BenchmarkResults, benchmark_command
@@ -99,9 +99,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              "11's. Image AUROC (%), mean over K and draws per task; Δ = mean minus PatchCore-K's; guard ✓ = no task "
              f"more than {GUARD:g} point below PatchCore-K. `gate[k]` rows: each task's gate fitted on the other nine.",
              ""]
-    lines += pool_table(rows)
-    lines += per_k_table(by_k, [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"])
-    lines += gate_table(fitted)
+    lines += row_tables(rows, by_k, fitted, PER_K_CAPTION)
     best = s["candidates"][s["best"]]
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}: best `{s['best']}` {best['mean']:.2f} (worst task "
               f"{best['worst_task_difference']:+.1f}) against the default's {s['default_mean']:.2f} → "

@@ -154,22 +154,41 @@ def per_k_differences(records: list[dict]) -> dict[str, dict[int, float]]:
                                     for t in POOL])) for k in KS} for row in rows}
 
 
-def per_k_table(by_k: dict[str, dict[int, float]], rows: list[str],
-                caption: str = "Δ against PatchCore-K per K (mean over the ten tasks):") -> list[str]:
+#: the per-K table's caption; ``RULE_OVER_ALL_K`` where a round's rule is over the mean of all K
+PER_K_CAPTION = "Δ against PatchCore-K per K (mean over the ten tasks):"
+RULE_OVER_ALL_K = "Δ against PatchCore-K per K (mean over the ten tasks; for information, the rule is over all K):"
+
+
+def per_k_table(by_k: dict[str, dict[int, float]], rows: list[str], caption: str = PER_K_CAPTION) -> list[str]:
     """Markdown lines: ``rows``' differences from PatchCore-K per K (:func:`per_k_differences`)."""
     return ["", caption, "", "| row | " + " | ".join(f"K = {k}" for k in KS) + " |", "|---" * (1 + len(KS)) + "|",
             *[f"| {row} | " + " | ".join(f"{by_k[row][k]:+.2f}" for k in KS) + " |" for row in rows]]
+
+
+def row_tables(rows: dict[str, dict], by_k: dict[str, dict[int, float]], fitted: dict[str, dict] | None = None,
+               caption: str = RULE_OVER_ALL_K) -> list[str]:
+    """Markdown lines of a round's rows: the pool table, the per-K table (best mean first) and, with ``fitted``, the
+    gates fitted without each task."""
+    ordered = [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"]
+    return [*pool_table(rows), *per_k_table(by_k, ordered, caption), *(gate_table(fitted) if fitted else [])]
+
+
+def guarded_best(rows: dict[str, dict], excluded: tuple[str, ...]) -> tuple[dict[str, dict], str | None]:
+    """Every row's mean, its difference from PatchCore-K's and its worst task's (``rows`` but PatchCore-K and
+    ``excluded``), and the best mean among those with no task more than ``GUARD`` points below PatchCore-K."""
+    base = rows["patchcore"]
+    candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
+                        "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
+                  for row, r in rows.items() if row not in ("patchcore", *excluded)}
+    guarded = [row for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD]
+    return candidates, (max(guarded, key=lambda row: candidates[row]["mean"]) if guarded else None)
 
 
 def select(records: list[dict], tables: dict[str, dict[str, list[dict]]]) -> dict:
     """The pre-stated rule (module doc), and the chosen row's gate fitted on all ten tasks."""
     rows = summary(records)[f"lite0@{IMAGE_SIZE}"]
     base = rows["patchcore"]
-    candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
-                        "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
-                  for row, r in rows.items() if row not in ("patchcore", DEFAULT_ROW)}
-    guarded = [row for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD]
-    chosen = max(guarded, key=lambda row: candidates[row]["mean"]) if guarded else None
+    candidates, chosen = guarded_best(rows, (DEFAULT_ROW,))
     default_mean = rows[DEFAULT_ROW]["mean"]
     selection = {"rule": f"among rows with no pool task more than {GUARD:g} point below PatchCore-K, the best mean; "
                          f"the default changes to it if it beats the default's mean by at least {MIN_GAIN:g} point",
@@ -196,10 +215,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
              f"(`{DEFAULT_ROW}`) does. Image AUROC (%), mean over K and draws per task; Δ = mean minus PatchCore-K's "
              f"on the same supports; guard ✓ = no task more than {GUARD:g} point below PatchCore-K. `gate[k]` rows: "
              "each task's gate fitted on the other nine tasks.", ""]
-    lines += pool_table(rows)
-    lines += per_k_table(by_k, [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"],
-                         "Δ against PatchCore-K per K (mean over the ten tasks; for information, the rule is over all K):")
-    lines += gate_table(fitted)
+    lines += row_tables(rows, by_k, fitted)
     s = data["selection"]
     lines += ["", "## The pre-stated rule", "", f"{s['rule']}.", ""]
     if s["chosen"] is None:
