@@ -51,18 +51,16 @@ import itertools
 
 import numpy as np
 import torch
-from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import (GUARD, RECIPE, TEACHER, apply_rule, generic_student, pool_arguments, pool_table,
-                             run_pending_tasks)
+from fewshot_dev_research import POOL, summary
+from fewshot_dev_tta import (GUARD, RECIPE, TEACHER, EncodedTask, apply_rule, encode_task, generic_student,
+                             patchcore_scores, pool_arguments, pool_table, run_pending_tasks, support_draws)
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
-from medad.data.images import load_images
-from medad.engine.fewshot import draw_supports
 from medad.engine.generic_student import GenericStudentRecipe
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, load_student, student_maps,
                                           teacher_features)
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
+from medad.models.support_scoring import reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
 STEPS, UNIT = 50, "held_out"
@@ -117,24 +115,23 @@ def score_draw(scorer: AdaptedStudentScoring, state: dict[str, torch.Tensor], su
             "support_loo": support_loo.tolist()}
 
 
+def scored_draw(scorer: AdaptedStudentScoring, state: dict[str, torch.Tensor], encoded: EncodedTask,
+                key: tuple[int, int, int], supports: torch.Tensor) -> dict:
+    """One draw's saved entry: its (seed, K, draw), PatchCore-K's query scores and :func:`score_draw`'s terms."""
+    seed, k, draw = key
+    return {"seed": seed, "k": k, "draw": draw,
+            "patchcore": patchcore_scores(scorer.teacher, encoded.queries, supports).tolist(),
+            **score_draw(scorer, state, supports, encoded.features, encoded.queries, encoded.image_size, draw)}
+
+
 def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Namespace) -> None:
     """Every draw of one pool task, saved under ``results.data["draws"][task]``."""
     state = generic_student(task, teacher, args, results.data["generic"], recipe_for(args))
     scorer = AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=STEPS, student_scale=UNIT, weight=0.0))
-    pool, images, labels = task_images(task, args, args.image_size)
-    features = teacher_features(teacher, images)
-    image_size = tuple(images.shape[-2:])
-    queries = SupportScoring.encoding_from_teacher(features, image_size)
-    patchcore = SupportScoring(teacher, SupportScoringConfig())
-    draws = []
-    for seed, k, draw in itertools.product(args.seeds, args.k, range(args.draws)):
-        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], args.image_size,
-                                  workers=0)
-        entry = {"seed": seed, "k": k, "draw": draw,
-                 "patchcore": patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1].tolist()}
-        entry.update(score_draw(scorer, state, supports, features, queries, image_size, draw))
-        draws.append(entry)
-    results.data["draws"][task] = {"labels": labels.tolist(), "draws": draws}
+    encoded = encode_task(teacher, task, args, args.image_size)
+    draws = [scored_draw(scorer, state, encoded, key, supports)
+             for key, supports in support_draws(encoded.pool, args, args.image_size)]
+    results.data["draws"][task] = {"labels": encoded.labels.tolist(), "draws": draws}
 
 
 # --- gates: fitted and applied on the saved draws --------------------------------------------------------------------

@@ -18,28 +18,24 @@ three draw sets are reported: seed 0 (the draws rounds 5–14 chose on, ``fewsho
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from fewshot_dev_gate import STEPS, UNIT, score_draw
-from fewshot_dev_learned import IMAGE_SIZE, KS
-from fewshot_dev_research import POOL, task_images
+from fewshot_dev_gate import STEPS, UNIT, scored_draw
+from fewshot_dev_learned import KS
+from fewshot_dev_research import POOL
 from fewshot_dev_tsd import tsd_scores
-from fewshot_dev_tta import TEACHER, generic_student, pool_arguments, run_pending_tasks
+from fewshot_dev_tta import TEACHER, encode_task, generic_student, pool_arguments, run_pending_tasks, support_draws
 from fewshot_dev_units import DEFAULT_ROW, DEFAULT_WEIGHT, development_record, draw_terms
 from fewshot_loo import bootstrap_fold, bootstrap_folds
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
-from medad.data.images import load_images
-from medad.engine.fewshot import draw_supports
-from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, load_student, student_maps,
-                                          teacher_features)
+from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, load_student, student_maps)
 from medad.models.factory import load_trained_model
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
+from medad.models.support_scoring import reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
 BASELINE = "patchcore"
@@ -62,25 +58,18 @@ def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
     state = generic_student(task, teacher, args, {})
     scorer = AdaptedStudentScoring(teacher, state, AdaptedStudentConfig(steps=STEPS, student_scale=UNIT, weight=0.0))
     tsd_model, _ = load_trained_model(Path(args.runs) / task, expected_method="d24fad_nn")
-    pool, images, labels = task_images(task, args, IMAGE_SIZE)
-    features = teacher_features(teacher, images)
-    image_size = tuple(images.shape[-2:])
-    queries = SupportScoring.encoding_from_teacher(features, image_size)
-    patchcore = SupportScoring(teacher, SupportScoringConfig())
-    tsd_queries, query_pooled = tsd_scores(tsd_model, images)
+    encoded = encode_task(teacher, task, args)
+    tsd_queries, query_pooled = tsd_scores(tsd_model, encoded.images)
     with torch.no_grad():
-        generic_queries = reduce_map(student_maps(load_student(teacher, state), features, image_size), "top1")
+        generic_queries = reduce_map(student_maps(load_student(teacher, state), encoded.features, encoded.image_size),
+                                     "top1")
     draws = []
-    for seed, k, draw in itertools.product(args.seeds, args.k, range(args.draws)):
-        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
-                                  workers=0)
-        entry = {"seed": seed, "k": k, "draw": draw,
-                 "patchcore": patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1].tolist()}
-        entry.update(score_draw(scorer, state, supports, features, queries, image_size, draw))
+    for key, supports in support_draws(encoded.pool, args):
+        entry = scored_draw(scorer, state, encoded, key, supports)
         tsd_supports, pooled = tsd_scores(tsd_model, supports)
         entry.update(supports=tsd_supports.tolist(), nearest=(query_pooled @ pooled.T).argmax(dim=1).tolist())
         draws.append(entry)
-    results.data["draws"][task] = {"labels": labels.tolist(), "tsd_queries": tsd_queries.tolist(),
+    results.data["draws"][task] = {"labels": encoded.labels.tolist(), "tsd_queries": tsd_queries.tolist(),
                                    "generic_queries": generic_queries.tolist(), "draws": draws}
 
 
@@ -162,13 +151,14 @@ def markdown(data: dict) -> str:
 def main() -> int:
     args = parse_args()
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_margin.py", environment=
-                                                                    "OMP_NUM_THREADS=1", pieces=("--tasks",)),
+                                                                    "OMP_NUM_THREADS=1", pieces=("--tasks", "--markdown-only")),
                                keep=lambda record: False)
     for key in ("draws", "seconds"):
         results.data.setdefault(key, {})
-    torch.manual_seed(0)
-    run_pending_tasks(results, build_teacher(TEACHER).eval(), args, lambda task: task in results.data["draws"],
-                      run_task)
+    if not args.markdown_only:
+        torch.manual_seed(0)
+        run_pending_tasks(results, build_teacher(TEACHER).eval(), args, lambda task: task in results.data["draws"],
+                          run_task)
     results.refresh()  # the tasks another process saved since this one's last save
     results.records[:] = records(results.data)
     if all(task in results.data["draws"] for task in POOL):

@@ -26,8 +26,8 @@ import numpy as np
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_ratio import ratio_term
 from fewshot_dev_research import POOL, summary
-from fewshot_dev_tta import GUARD
-from fewshot_dev_units import (DEFAULT_ROW, DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, guarded_best,
+from fewshot_dev_tta import GUARD, guarded_best
+from fewshot_dev_units import (DEFAULT_ROW, DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms,
                                per_k_differences, row_tables, saved_draws, saved_draws_parser)
 from sklearn.metrics import roc_auc_score
 

@@ -24,8 +24,8 @@ import torch
 from fewshot_dev_gate import WEIGHTS, describe, fit_gate
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import GUARD, TEACHER, generic_student, pool_arguments, run_pending_tasks
-from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms, guarded_best,
+from fewshot_dev_tta import GUARD, TEACHER, generic_student, guarded_best, pool_arguments, run_pending_tasks
+from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms,
                                k_gated_records, per_k_differences, row_tables, saved_draws)
 from sklearn.metrics import roc_auc_score
 

@@ -17,22 +17,19 @@ round 10's (mean over the tasks), the product's default goes back to round 10's.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from pathlib import Path
 
 import torch
 from fewshot_dev_learned import IMAGE_SIZE
-from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import TEACHER, generic_student, pool_arguments, pool_table, run_pending_tasks
+from fewshot_dev_research import POOL, summary
+from fewshot_dev_tta import (TEACHER, encode_task, generic_student, patchcore_scores, pool_arguments, pool_table,
+                             run_pending_tasks, support_draws)
 from fewshot_dev_units import development_record, per_k_differences, per_k_table
 from sklearn.metrics import roc_auc_score
 
 from medad.backbones import build_teacher
-from medad.data.images import load_images
-from medad.engine.fewshot import draw_supports
-from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentScoring, teacher_features
+from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentScoring
 from medad.models.factory import load_trained_model
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig
 from medad.results import BenchmarkResults, benchmark_command
 
 #: the two defaults compared (round 10's and round 11's)
@@ -55,22 +52,17 @@ def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
     tsd_model, _ = load_trained_model(Path(args.runs) / task, expected_method="d24fad_nn")
     scorers = {row: AdaptedStudentScoring(teacher, state, config, tsd_student=tsd_model.student,
                                           tsd_sigma=tsd_model.config.sigma) for row, config in ROWS.items()}
-    pool, images, labels = task_images(task, args, IMAGE_SIZE)
-    features = teacher_features(teacher, images)
-    image_size = tuple(images.shape[-2:])
-    queries = SupportScoring.encoding_from_teacher(features, image_size)
-    patchcore = SupportScoring(teacher, SupportScoringConfig())
+    encoded = encode_task(teacher, task, args)
     draws = []
-    for seed, k, draw in itertools.product(args.seeds, args.k, range(args.draws)):
-        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
-                                  workers=0)
+    for (seed, k, draw), supports in support_draws(encoded.pool, args):
         prepared = scorers["round 11 default"].prepare_supports(supports, seed=draw)
-        scores = {"patchcore": patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1],
-                  "round 11 default": scorers["round 11 default"].score_features(features, prepared, image_size)[1],
+        scores = {"patchcore": patchcore_scores(teacher, encoded.queries, supports),
+                  "round 11 default": scorers["round 11 default"].score_features(encoded.features, prepared,
+                                                                                 encoded.image_size)[1],
                   "round 10 default": scorers["round 10 default"].score_features(
-                      features, dataclasses.replace(prepared, support_loo=None), image_size)[1]}
+                      encoded.features, dataclasses.replace(prepared, support_loo=None), encoded.image_size)[1]}
         draws.append({"seed": seed, "k": k, "draw": draw,
-                      "auroc": {row: 100 * roc_auc_score(labels, s.numpy()) for row, s in scores.items()}})
+                      "auroc": {row: 100 * roc_auc_score(encoded.labels, s.numpy()) for row, s in scores.items()}})
     results.data["draws"][task] = draws
 
 

@@ -38,7 +38,8 @@ import argparse
 import itertools
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,7 @@ from medad.engine.generic_student import GenericStudentRecipe, train_generic_stu
 from medad.io_utils import atomic_path
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, student_maps,
                                           teacher_features)
-from medad.models.support_scoring import SupportScoring, SupportScoringConfig, reduce_map
+from medad.models.support_scoring import QueryEncoding, SupportScoring, SupportScoringConfig, reduce_map
 from medad.results import BenchmarkResults, benchmark_command
 
 TEACHER, IMAGE_SIZE = "efficientnet_lite0", 128
@@ -79,6 +80,45 @@ def pool_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--held-out", type=int, default=16, help="training normals per synthetic task")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the JSON")
     return parser
+
+
+@dataclass
+class EncodedTask:
+    """One pool task's support pool and queries, the queries encoded once by the teacher."""
+
+    pool: list[Sample]
+    images: torch.Tensor
+    labels: np.ndarray
+    features: list[torch.Tensor]
+    queries: QueryEncoding
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.images.shape[-2:])
+
+
+def encode_task(teacher, task: str, args: argparse.Namespace, image_size: int = IMAGE_SIZE) -> EncodedTask:
+    """A pool task's support pool, query images and labels, and the queries' teacher features and encoding."""
+    pool, images, labels = task_images(task, args, image_size)
+    features = teacher_features(teacher, images)
+    return EncodedTask(pool, images, labels, features,
+                       SupportScoring.encoding_from_teacher(features, tuple(images.shape[-2:])))
+
+
+def support_draws(pool: list[Sample], args: argparse.Namespace, image_size: int = IMAGE_SIZE
+                  ) -> Iterator[tuple[tuple[int, int, int], torch.Tensor]]:
+    """Every (draw seed, K, draw) of ``args`` and its K support images from ``pool``."""
+    for key in itertools.product(args.seeds, args.k, range(args.draws)):
+        seed, k, draw = key
+        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], image_size,
+                                  workers=0)
+        yield key, supports
+
+
+def patchcore_scores(teacher, queries: QueryEncoding, supports: torch.Tensor) -> torch.Tensor:
+    """PatchCore-K's image scores of the encoded queries against ``supports``."""
+    patchcore = SupportScoring(teacher, SupportScoringConfig())
+    return patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1]
 
 
 def run_pending_tasks(results: BenchmarkResults, teacher, args: argparse.Namespace,
@@ -153,28 +193,21 @@ def run_task(results: BenchmarkResults, teacher, task: str, args: argparse.Names
                                                                                          student_scale=unit))
                for steps, unit in FAMILIES if not family_done(results, task, steps, unit)}
     with_baselines = not results.has(task=task, method="patchcore")
-    pool, images, labels = task_images(task, args, IMAGE_SIZE)
-    features = teacher_features(teacher, images)
-    image_size = tuple(images.shape[-2:])
-    queries = SupportScoring.encoding_from_teacher(features, image_size)
-    patchcore = SupportScoring(teacher, SupportScoringConfig())
-    for key in itertools.product(args.seeds, args.k, range(args.draws)):
-        seed, k, draw = key
-        supports, _ = load_images([pool[i] for i in draw_supports(len(pool), k, draw, seed=seed)], IMAGE_SIZE,
-                                  workers=0)
+    encoded = encode_task(teacher, task, args)
+    labels = encoded.labels
+    for key, supports in support_draws(encoded.pool, args):
         if with_baselines:
-            record(results, "patchcore", task, key, labels,
-                   patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1])
+            record(results, "patchcore", task, key, labels, patchcore_scores(teacher, encoded.queries, supports))
         support_term = None
         for (steps, unit), scorer in scorers.items():
-            prepared = scorer.prepare_supports(supports, seed=draw)
+            prepared = scorer.prepare_supports(supports, seed=key[2])
             if support_term is None:
-                support_term = reduce_map(scorer.support_scoring.score_terms(queries, prepared.bank)[0],
+                support_term = reduce_map(scorer.support_scoring.score_terms(encoded.queries, prepared.bank)[0],
                                           scorer.config.support.score)
                 if with_baselines:
                     record(results, "views+top1", task, key, labels, support_term)
-            student_term = reduce_map(student_maps(prepared.model, features, image_size) / prepared.student_scale,
-                                      scorer.config.score)
+            student_term = reduce_map(student_maps(prepared.model, encoded.features, encoded.image_size)
+                                      / prepared.student_scale, scorer.config.score)
             record(results, f"student[{row_tag(steps, unit)}]", task, key, labels, student_term)
             for weight in WEIGHTS:
                 record(results, f"views+top1+student[{row_tag(steps, unit, weight)}]", task, key, labels,
@@ -192,21 +225,28 @@ def row_config(row: str) -> AdaptedStudentConfig:
                                 student_scale="held_out" if match[3] else "supports")
 
 
-def apply_rule(rows: dict[str, dict], excluded: set[str] = frozenset()) -> dict:
-    """The pre-stated rule (module doc) over the rows of :func:`fewshot_dev_research.summary` (all but PatchCore-K and
-    ``excluded`` are candidates): each candidate's difference from PatchCore-K, the best guarded one, and whether it
-    beats PatchCore-K by ``MARGIN`` points."""
+def guarded_best(rows: dict[str, dict], excluded: Collection[str] = ()) -> tuple[dict[str, dict], str | None]:
+    """Every row's mean, its difference from PatchCore-K's and its worst task's (the rows of
+    :func:`fewshot_dev_research.summary` but PatchCore-K and ``excluded``), and the best mean among those with no task
+    more than ``GUARD`` points below PatchCore-K."""
     base = rows["patchcore"]
     candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
                         "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
                   for row, r in rows.items() if row != "patchcore" and row not in excluded}
-    guarded = {row: c for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD}
-    chosen = max(guarded, key=lambda row: guarded[row]["mean"]) if guarded else None
+    guarded = [row for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD]
+    return candidates, (max(guarded, key=lambda row: candidates[row]["mean"]) if guarded else None)
+
+
+def apply_rule(rows: dict[str, dict], excluded: set[str] = frozenset()) -> dict:
+    """The pre-stated rule (module doc) over the rows of :func:`fewshot_dev_research.summary` (all but PatchCore-K and
+    ``excluded`` are candidates): each candidate's difference from PatchCore-K, the best guarded one, and whether it
+    beats PatchCore-K by ``MARGIN`` points."""
+    candidates, chosen = guarded_best(rows, excluded)
     return {"rule": f"among rows using the supports with no pool task more than {GUARD:g} point below PatchCore-K, "
                     f"the best mean image AUROC; a fourth look at the test folds only if it beats PatchCore-K's mean "
                     f"by at least {MARGIN:g} points",
-            "patchcore_mean": base["mean"], "candidates": candidates, "chosen": chosen,
-            "met": chosen is not None and guarded[chosen]["difference"] >= MARGIN}
+            "patchcore_mean": rows["patchcore"]["mean"], "candidates": candidates, "chosen": chosen,
+            "met": chosen is not None and candidates[chosen]["difference"] >= MARGIN}
 
 
 def pool_table(rows: dict[str, dict]) -> list[str]:

@@ -33,7 +33,7 @@ import numpy as np
 from fewshot_dev_gate import WEIGHTS, _gate_text, describe, fit_gate, gate_table, gate_weight
 from fewshot_dev_learned import IMAGE_SIZE, KS
 from fewshot_dev_research import POOL, summary
-from fewshot_dev_tta import GUARD, TEACHER, pool_table
+from fewshot_dev_tta import GUARD, TEACHER, guarded_best, pool_table
 from sklearn.metrics import roc_auc_score
 
 from medad.results import BenchmarkResults, benchmark_command
@@ -171,17 +171,6 @@ def row_tables(rows: dict[str, dict], by_k: dict[str, dict[int, float]], fitted:
     gates fitted without each task."""
     ordered = [row for row in sorted(by_k, key=lambda row: -rows[row]["mean"]) if row != "patchcore"]
     return [*pool_table(rows), *per_k_table(by_k, ordered, caption), *(gate_table(fitted) if fitted else [])]
-
-
-def guarded_best(rows: dict[str, dict], excluded: tuple[str, ...]) -> tuple[dict[str, dict], str | None]:
-    """Every row's mean, its difference from PatchCore-K's and its worst task's (``rows`` but PatchCore-K and
-    ``excluded``), and the best mean among those with no task more than ``GUARD`` points below PatchCore-K."""
-    base = rows["patchcore"]
-    candidates = {row: {"mean": r["mean"], "difference": r["mean"] - base["mean"],
-                        "worst_task_difference": min(r["tasks"][t] - base["tasks"][t] for t in POOL)}
-                  for row, r in rows.items() if row not in ("patchcore", *excluded)}
-    guarded = [row for row, c in candidates.items() if c["worst_task_difference"] >= -GUARD]
-    return candidates, (max(guarded, key=lambda row: candidates[row]["mean"]) if guarded else None)
 
 
 def select(records: list[dict], tables: dict[str, dict[str, list[dict]]]) -> dict:
