@@ -27,16 +27,15 @@ from fewshot_dev_gate import STEPS, UNIT, scored_draw
 from fewshot_dev_learned import KS
 from fewshot_dev_research import POOL
 from fewshot_dev_tsd import tsd_scores
-from fewshot_dev_tta import TEACHER, encode_task, generic_student, pool_arguments, run_pending_tasks, support_draws
+from fewshot_dev_tta import encode_task, generic_student, pool_arguments, pool_results, support_draws
 from fewshot_dev_units import DEFAULT_ROW, DEFAULT_WEIGHT, development_record, draw_terms
 from fewshot_loo import bootstrap_fold, bootstrap_folds
 from sklearn.metrics import roc_auc_score
 
-from medad.backbones import build_teacher
 from medad.models.adapted_student import (AdaptedStudentConfig, AdaptedStudentScoring, load_student, student_maps)
 from medad.models.factory import load_trained_model
 from medad.models.support_scoring import reduce_map
-from medad.results import BenchmarkResults, benchmark_command
+from medad.results import BenchmarkResults
 
 BASELINE = "patchcore"
 #: draw set → (results file, the default's row name in it); the fresh set is this benchmark's own
@@ -150,16 +149,7 @@ def markdown(data: dict) -> str:
 
 def main() -> int:
     args = parse_args()
-    results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_margin.py", environment=
-                                                                    "OMP_NUM_THREADS=1", pieces=("--tasks", "--markdown-only")),
-                               keep=lambda record: False)
-    for key in ("draws", "seconds"):
-        results.data.setdefault(key, {})
-    if not args.markdown_only:
-        torch.manual_seed(0)
-        run_pending_tasks(results, build_teacher(TEACHER).eval(), args, lambda task: task in results.data["draws"],
-                          run_task)
-    results.refresh()  # the tasks another process saved since this one's last save
+    results = pool_results("fewshot_dev_margin.py", args, run_task, environment="OMP_NUM_THREADS=1")
     results.records[:] = records(results.data)
     if all(task in results.data["draws"] for task in POOL):
         results.data["margins"] = {name: {str(k): m for k, m in margins(sets).items()}

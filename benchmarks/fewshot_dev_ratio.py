@@ -24,15 +24,14 @@ import torch
 from fewshot_dev_gate import WEIGHTS, describe, fit_gate
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary, task_images
-from fewshot_dev_tta import GUARD, TEACHER, generic_student, guarded_best, pool_arguments, run_pending_tasks
+from fewshot_dev_tta import GUARD, generic_student, guarded_best, pool_arguments, pool_results
 from fewshot_dev_units import (DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms,
                                k_gated_records, per_k_differences, row_tables, saved_draws)
 from sklearn.metrics import roc_auc_score
 
-from medad.backbones import build_teacher
 from medad.models.adapted_student import load_student, student_maps, teacher_features
 from medad.models.support_scoring import reduce_map
-from medad.results import BenchmarkResults, benchmark_command
+from medad.results import BenchmarkResults
 
 DEFAULT = "default"
 FAMILIES = ("ratio", "student+ratio")
@@ -146,15 +145,7 @@ def markdown(data: dict, records: list[dict], fitted: dict[str, dict]) -> str:
 
 def main() -> int:
     args = parse_args()
-    results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_ratio.py", pieces=("--tasks",)),
-                               keep=lambda record: False)
-    for key in ("generic_queries", "seconds"):
-        results.data.setdefault(key, {})
-    if not args.markdown_only:
-        torch.manual_seed(0)
-        run_pending_tasks(results, build_teacher(TEACHER), args, lambda task: task in results.data["generic_queries"],
-                          generic_query_scores)
-    results.refresh()
+    results = pool_results("fewshot_dev_ratio.py", args, generic_query_scores, store="generic_queries")
     if any(task not in results.data["generic_queries"] for task in POOL):
         return 0
     gate_data, tsd_data = saved_draws(args)

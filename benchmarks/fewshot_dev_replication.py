@@ -19,18 +19,16 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import torch
 from fewshot_dev_learned import IMAGE_SIZE
 from fewshot_dev_research import POOL, summary
-from fewshot_dev_tta import (TEACHER, encode_task, generic_student, patchcore_scores, pool_arguments, pool_table,
-                             run_pending_tasks, support_draws)
+from fewshot_dev_tta import (encode_task, generic_student, patchcore_scores, pool_arguments, pool_results, pool_table,
+                             support_draws)
 from fewshot_dev_units import development_record, per_k_differences, per_k_table
 from sklearn.metrics import roc_auc_score
 
-from medad.backbones import build_teacher
 from medad.models.adapted_student import AdaptedStudentConfig, AdaptedStudentScoring
 from medad.models.factory import load_trained_model
-from medad.results import BenchmarkResults, benchmark_command
+from medad.results import BenchmarkResults
 
 #: the two defaults compared (round 10's and round 11's)
 ROUND_10 = AdaptedStudentConfig(steps=50, weight=0.25, student_scale="held_out", tsd_weight=0.5, tsd_max_k=2)
@@ -104,16 +102,7 @@ def markdown(data: dict, found: list[dict]) -> str:
 
 def main() -> int:
     args = parse_args()
-    results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_replication.py", environment=
-                                                                    "OMP_NUM_THREADS=1", pieces=("--tasks", "--markdown-only")),
-                               keep=lambda record: False)
-    for key in ("draws", "seconds"):
-        results.data.setdefault(key, {})
-    if not args.markdown_only:
-        torch.manual_seed(0)
-        teacher = build_teacher(TEACHER).eval()
-        run_pending_tasks(results, teacher, args, lambda task: task in results.data["draws"], run_task)
-    results.refresh()  # the tasks another process saved since this one's last save
+    results = pool_results("fewshot_dev_replication.py", args, run_task, environment="OMP_NUM_THREADS=1")
     results.records[:] = records(results.data)
     if all(task in results.data["draws"] for task in POOL):
         results.data["selection"] = decide(results.records)

@@ -121,6 +121,24 @@ def patchcore_scores(teacher, queries: QueryEncoding, supports: torch.Tensor) ->
     return patchcore.score_encoded(queries, patchcore.prepare_supports(supports))[1]
 
 
+def pool_results(script: str, args: argparse.Namespace, run_task: Callable[..., None], store: str = "draws",
+                 environment: str = "") -> BenchmarkResults:
+    """The results file of a benchmark that scores the pool task by task into ``results.data[store]``: every task
+    of ``args.tasks`` not stored yet is scored (unless ``--markdown-only``), and what other processes saved is read
+    back.  Its records are the caller's to derive from the stored data."""
+    results = BenchmarkResults(args.name, command=benchmark_command(script, environment=environment,
+                                                                    pieces=("--tasks", "--markdown-only")),
+                               keep=lambda record: False)
+    for key in (store, "seconds"):
+        results.data.setdefault(key, {})
+    if not args.markdown_only:
+        torch.manual_seed(0)
+        run_pending_tasks(results, build_teacher(TEACHER).eval(), args, lambda task: task in results.data[store],
+                          run_task)
+    results.refresh()  # the tasks another process saved since this one's last save
+    return results
+
+
 def run_pending_tasks(results: BenchmarkResults, teacher, args: argparse.Namespace,
                       done: Callable[[str], bool], run_task: Callable[..., None]) -> None:
     """``run_task(results, teacher, task, args)`` for each of ``args.tasks`` not ``done``; its time goes into
