@@ -19,6 +19,7 @@ three draw sets are reported: seed 0 (the draws rounds 5–14 chose on, ``fewsho
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -72,17 +73,25 @@ def run_task(results: BenchmarkResults, teacher, task: str, args) -> None:
                                    "generic_queries": generic_queries.tolist(), "draws": draws}
 
 
-def records(data: dict) -> list[dict]:
-    """PatchCore-K's and the default's AUROC (%) on every saved draw (the default from its terms)."""
+#: a draw's further rows: (draw, its terms of ``fewshot_dev_units.draw_terms``, the task's generic query scores) →
+#: row → query scores
+ExtraRows = Callable[[dict, dict[str, np.ndarray], np.ndarray], dict[str, np.ndarray]]
+
+
+def bank_records(bank: dict[str, dict], extra_rows: ExtraRows | None = None) -> list[dict]:
+    """PatchCore-K's and the default's AUROC (%) on every draw of a bank in this benchmark's layout (the default
+    from its terms), and those of ``extra_rows``."""
     found = []
-    for task, saved in data["draws"].items():
+    for task, saved in bank.items():
         labels, tsd_queries = np.array(saved["labels"]), np.array(saved["tsd_queries"])
+        generic = np.array(saved["generic_queries"])
         for d in saved["draws"]:
             terms = draw_terms(d, d, tsd_queries)
-            default = terms["support/mean"] + DEFAULT_WEIGHT * terms["student/mean"] + terms["tsd"]
+            scores = {BASELINE: np.array(d["patchcore"]),
+                      DEFAULT_ROW: terms["support/mean"] + DEFAULT_WEIGHT * terms["student/mean"] + terms["tsd"],
+                      **(extra_rows(d, terms, generic) if extra_rows else {})}
             key = (d["seed"], d["k"], d["draw"])
-            found += [development_record(BASELINE, task, key, 100 * roc_auc_score(labels, d["patchcore"])),
-                      development_record(DEFAULT_ROW, task, key, 100 * roc_auc_score(labels, default))]
+            found += [development_record(row, task, key, 100 * roc_auc_score(labels, s)) for row, s in scores.items()]
     return found
 
 
@@ -150,7 +159,7 @@ def markdown(data: dict) -> str:
 def main() -> int:
     args = parse_args()
     results = pool_results("fewshot_dev_margin.py", args, run_task, environment="OMP_NUM_THREADS=1")
-    results.records[:] = records(results.data)
+    results.records[:] = bank_records(results.data["draws"])
     if all(task in results.data["draws"] for task in POOL):
         results.data["margins"] = {name: {str(k): m for k, m in margins(sets).items()}
                                    for name, sets in draw_sets(results.records).items()}

@@ -24,12 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from fewshot_dev_learned import IMAGE_SIZE
+from fewshot_dev_margin import ExtraRows, bank_records
 from fewshot_dev_ratio import ratio_term
 from fewshot_dev_research import POOL, summary
 from fewshot_dev_tta import GUARD, guarded_best
-from fewshot_dev_units import (DEFAULT_ROW, DEFAULT_WEIGHT, MIN_GAIN, development_record, draw_terms,
-                               per_k_differences, row_tables, saved_draws, saved_draws_parser)
-from sklearn.metrics import roc_auc_score
+from fewshot_dev_units import (DEFAULT_ROW, MIN_GAIN, per_k_differences, row_tables, saved_draws, saved_draws_parser)
 
 from medad.results import BenchmarkResults, benchmark_command
 
@@ -64,25 +63,13 @@ def seed_0_bank(args: argparse.Namespace) -> dict[str, dict]:
     return bank
 
 
-def bank_records(bank: dict[str, dict], rows: dict[str, tuple[float, float]]) -> list[dict]:
-    """PatchCore-K's, the default's and each of ``rows`` (name → (β, W)) AUROC on every draw of ``bank``."""
-    found = []
-    for task in POOL:
-        saved = bank[task]
-        labels, tsd_queries = np.array(saved["labels"]), np.array(saved["tsd_queries"])
-        generic = np.array(saved["generic_queries"])
-        for d in saved["draws"]:
-            key = (d["seed"], d["k"], d["draw"])
-            terms = draw_terms(d, d, tsd_queries)
-            base = terms["support/mean"] + terms["tsd"]
-            scores = {"patchcore": np.array(d["patchcore"]), DEFAULT_ROW: base + DEFAULT_WEIGHT * terms["student/mean"],
-                      **{row: base + weight * ratio_term(d, generic, power) for row, (power, weight) in rows.items()}}
-            found += [development_record(row, task, key, 100 * roc_auc_score(labels, s)) for row, s in scores.items()]
-    return found
-
-
-def worst_difference(row: dict, base: dict) -> float:
-    return min(row["tasks"][t] - base["tasks"][t] for t in POOL)
+def ratio_rows(rows: dict[str, tuple[float, float]]) -> ExtraRows:
+    """``fewshot_dev_margin.bank_records``' further rows: each of ``rows`` (name → (β, W)) as support/mean + W × p_β +
+    the default's T→S term."""
+    def scores(draw: dict, terms: dict[str, np.ndarray], generic: np.ndarray) -> dict[str, np.ndarray]:
+        base = terms["support/mean"] + terms["tsd"]
+        return {row: base + weight * ratio_term(draw, generic, power) for row, (power, weight) in rows.items()}
+    return scores
 
 
 def select(found: list[dict]) -> dict:
@@ -98,10 +85,11 @@ def select(found: list[dict]) -> dict:
 
 def confirm(bank: dict[str, dict], row: str, power_weight: tuple[float, float]) -> dict:
     """The candidate and the default on the fresh bank, and whether the default changes (module doc)."""
-    rows = summary(bank_records(bank, {row: power_weight}))[f"lite0@{IMAGE_SIZE}"]
-    base = rows["patchcore"]
-    out = {name: {"mean": rows[name]["mean"], "worst_task_difference": worst_difference(rows[name], base)}
-           for name in ("patchcore", DEFAULT_ROW, row)}
+    rows = summary(bank_records(bank, ratio_rows({row: power_weight})))[f"lite0@{IMAGE_SIZE}"]
+    candidates, _ = guarded_best(rows)
+    out = {"patchcore": {"mean": rows["patchcore"]["mean"], "worst_task_difference": 0.0},
+           **{name: {key: candidates[name][key] for key in ("mean", "worst_task_difference")}
+              for name in (DEFAULT_ROW, row)}}
     out["changes"] = (out[row]["mean"] > out[DEFAULT_ROW]["mean"]
                       and out[row]["worst_task_difference"] >= out[DEFAULT_ROW]["worst_task_difference"])
     return out
@@ -143,7 +131,7 @@ def main() -> int:
     results = BenchmarkResults(args.name, command=benchmark_command("fewshot_dev_partial_ratio.py"),
                                keep=lambda record: False)
     rows = {row_name(p, w): (p, w) for p in POWERS for w in ROW_WEIGHTS}
-    found = bank_records(seed_0_bank(args), rows)
+    found = bank_records(seed_0_bank(args), ratio_rows(rows))
     results.records[:] = found
     selection = select(found)
     results.data.update(selection=selection, per_k=per_k_differences(found))
